@@ -1,0 +1,289 @@
+"""CLDataset: a map-style dataset of ``(x, y, t)`` triplets with data attributes and train/eval transforms.
+
+A CLDataset is a flat view over one or more *sources* (a torch ``Dataset`` or an in-memory tensor, each with its
+own transform groups). It keeps, per sample, the source and the index inside it: subset and concat only index
+or concatenate those flat index tensors, so reading a sample costs the same after any number of them, and the
+data itself is never copied. Data attributes (``targets``, ``task_labels`` and any other name) are tensors of
+one value per sample that follow every subset and concat. ``y`` and ``t`` are always read from the
+``targets`` and ``task_labels`` attributes, so relabelling a dataset is replacing an attribute.
+
+Transforms: for a torch ``Dataset`` source they apply to one sample (torchvision style). For a tensor source they
+are *batched*: they receive a whole minibatch ``x[idx]`` with its leading batch dimension, so an epoch over
+in-memory data is one indexing operation and one transform call per minibatch, never a loop over samples.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import torch
+from attrs import evolve, field, frozen
+from torch.utils.data import Dataset, default_collate
+
+__all__ = ["CLDataset", "as_cl_dataset", "iterate_minibatches"]
+
+Transform = Callable[[Any], Any]
+GROUPS = ("train", "eval")
+
+
+@frozen(eq=False)
+class _Source:
+    """One underlying dataset or tensor, with its transform groups (``{"train": fn|None, "eval": fn|None}``)."""
+
+    data: Any
+    transforms: Mapping[str, Transform | None]
+
+    @property
+    def is_tensor(self) -> bool:
+        return isinstance(self.data, torch.Tensor)
+
+    def item(self, index: int, group: str) -> Any:
+        transform = self.transforms.get(group)
+        if self.is_tensor:
+            x = self.data[index]
+            return transform(x.unsqueeze(0))[0] if transform is not None else x
+        sample = self.data[index]
+        x = sample[0] if isinstance(sample, (tuple, list)) else sample
+        return transform(x) if transform is not None else x
+
+    def batch(self, index: torch.Tensor | None, group: str) -> torch.Tensor:
+        x = self.data if index is None else self.data[index]
+        transform = self.transforms.get(group)
+        return transform(x) if transform is not None else x
+
+
+def _as_long(values: Any, name: str, n: int) -> torch.Tensor:
+    tensor = torch.as_tensor(values)
+    if tensor.dim() == 0:
+        return tensor.to(torch.long).expand(n).clone()
+    if tensor.shape[0] != n:
+        raise ValueError(f"data attribute {name!r} has {tensor.shape[0]} values, expected one per sample ({n})")
+    return tensor
+
+
+@frozen(eq=False)
+class CLDataset:
+    """A dataset of ``(x, y, t)`` with data attributes, lazy subset/concat and train/eval transform groups.
+
+    Build one with :meth:`from_tensors` or :meth:`from_dataset`; every other method returns a new view.
+    """
+
+    _sources: tuple[_Source, ...]
+    _source_of: torch.Tensor | None  # source number per sample; None when there is one source
+    _index: torch.Tensor | None  # index inside the source per sample; None means 0..n-1 of the only source
+    attributes: Mapping[str, torch.Tensor]
+    group: str = field(default="train")
+
+    # ----------------------------------------------------------------- construction
+
+    @classmethod
+    def from_tensors(
+        cls,
+        x: torch.Tensor,
+        y: Any,
+        t: Any = 0,
+        *,
+        transform: Transform | None = None,
+        eval_transform: Transform | None = None,
+        **attributes: Any,
+    ) -> CLDataset:
+        """In-memory data: ``x`` with one row per sample, targets ``y``, task labels ``t`` (a tensor or one int).
+
+        Transforms here are batched: they receive ``x[idx]`` for a whole minibatch.
+        """
+        if not isinstance(x, torch.Tensor) or x.dim() == 0:
+            raise TypeError(f"CLDataset.from_tensors expects x as a tensor with a sample dimension, got {type(x)}")
+        return cls._build(_Source(x, {"train": transform, "eval": eval_transform}), len(x), y, t, attributes)
+
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset: Dataset,
+        *,
+        targets: Any = None,
+        task_labels: Any = 0,
+        transform: Transform | None = None,
+        eval_transform: Transform | None = None,
+        **attributes: Any,
+    ) -> CLDataset:
+        """Wrap any map-style dataset whose items are ``x`` or ``(x, y, ...)``.
+
+        ``targets`` defaults to ``dataset.targets`` when present, else to the ``y`` of every item (read once).
+        Transforms here apply to one sample, after any transform the wrapped dataset applies itself.
+        """
+        if isinstance(dataset, CLDataset):
+            return dataset
+        n = len(dataset)  # type: ignore[arg-type]
+        if targets is None:
+            targets = getattr(dataset, "targets", None)
+            if targets is None:
+                targets = [dataset[i][1] for i in range(n)]
+        return cls._build(_Source(dataset, {"train": transform, "eval": eval_transform}), n, targets, task_labels,
+                          attributes)
+
+    @classmethod
+    def _build(cls, source: _Source, n: int, y: Any, t: Any, attributes: Mapping[str, Any]) -> CLDataset:
+        if n == 0:
+            raise ValueError("a CLDataset needs at least one sample, got an empty dataset")
+        attrs = {"targets": _as_long(y, "targets", n), "task_labels": _as_long(t, "task_labels", n)}
+        attrs.update({name: _as_long(v, name, n) for name, v in attributes.items()})
+        return cls((source,), None, None, attrs)
+
+    # ----------------------------------------------------------------- reading
+
+    def __len__(self) -> int:
+        return len(self.attributes["targets"])
+
+    def __getitem__(self, i: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for a CLDataset of {n} samples")
+        i = int(i) % n
+        source = self._sources[0 if self._source_of is None else int(self._source_of[i])]
+        j = i if self._index is None else int(self._index[i])
+        return source.item(j, self.group), self.attributes["targets"][i], self.attributes["task_labels"][i]
+
+    @property
+    def is_batched(self) -> bool:
+        """True when every source is an in-memory tensor, so :meth:`get_batch` needs no per-sample work."""
+        return all(s.is_tensor for s in self._sources)
+
+    def get_batch(self, idx: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """The minibatch ``(x, y, t)`` of the samples at positions ``idx`` (a 1-D long tensor)."""
+        y, t = self.attributes["targets"][idx], self.attributes["task_labels"][idx]
+        if not self.is_batched:
+            return default_collate([self[int(i)][0] for i in idx]), y, t
+        if self._source_of is None:
+            return self._sources[0].batch(idx if self._index is None else self._index[idx], self.group), y, t
+        owner, inner = self._source_of[idx], self._index[idx]
+        parts = {k: self._sources[k].batch(inner[owner == k], self.group) for k in owner.unique().tolist()}
+        first = next(iter(parts.values()))
+        x = first.new_empty((len(idx), *first.shape[1:]))
+        for k, part in parts.items():
+            x[owner == k] = part
+        return x, y, t
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        attributes = object.__getattribute__(self, "attributes")
+        if name in attributes:
+            return attributes[name]
+        raise AttributeError(f"CLDataset has no attribute or data attribute {name!r} (data attributes: "
+                             f"{', '.join(attributes)})")
+
+    # ----------------------------------------------------------------- views
+
+    def subset(self, indices: Sequence[int] | torch.Tensor) -> CLDataset:
+        """The samples at ``indices``, in that order (data attributes and transforms follow)."""
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        if len(idx) == 0:
+            raise ValueError("subset with no indices would give an empty dataset")
+        index = idx if self._index is None else self._index[idx]
+        source_of = None if self._source_of is None else self._source_of[idx]
+        return evolve(self, source_of=source_of, index=index,
+                      attributes={k: v[idx] for k, v in self.attributes.items()})
+
+    def concat(self, *others: CLDataset) -> CLDataset:
+        """This dataset followed by ``others``; attributes present in all of them are kept."""
+        datasets = [self, *(as_cl_dataset(o) for o in others)]
+        sources: list[_Source] = []
+        source_of, index = [], []
+        for d in datasets:
+            numbers = []
+            for s in d._sources:
+                if not any(s is kept for kept in sources):
+                    sources.append(s)
+                numbers.append(next(k for k, kept in enumerate(sources) if kept is s))
+            own = torch.zeros(len(d), dtype=torch.long) if d._source_of is None else d._source_of
+            source_of.append(torch.tensor(numbers, dtype=torch.long)[own])
+            index.append(torch.arange(len(d)) if d._index is None else d._index)
+        names = [k for k in self.attributes if all(k in d.attributes for d in datasets)]
+        attributes = {k: torch.cat([d.attributes[k] for d in datasets]) for k in names}
+        single = len(sources) == 1
+        return CLDataset(tuple(sources), None if single else torch.cat(source_of), torch.cat(index), attributes,
+                         self.group)
+
+    def __add__(self, other: CLDataset) -> CLDataset:
+        return self.concat(other)
+
+    def with_attribute(self, name: str, values: Any) -> CLDataset:
+        """A view with data attribute ``name`` set (``targets`` relabels ``y``, ``task_labels`` sets ``t``)."""
+        return evolve(self, attributes={**self.attributes, name: _as_long(values, name, len(self))})
+
+    def with_transforms(self, transform: Transform | None = None, eval_transform: Transform | None = None,
+                        ) -> CLDataset:
+        """A view whose sources all use these train and eval transforms instead of their own."""
+        groups = {"train": transform, "eval": eval_transform}
+        return evolve(self, sources=tuple(_Source(s.data, groups) for s in self._sources))
+
+    def train(self) -> CLDataset:
+        """A view that applies the train transforms."""
+        return self if self.group == "train" else evolve(self, group="train")
+
+    def eval(self) -> CLDataset:
+        """A view that applies the eval transforms."""
+        return self if self.group == "eval" else evolve(self, group="eval")
+
+    # ----------------------------------------------------------------- classes and tasks
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.attributes["targets"]
+
+    @property
+    def task_labels(self) -> torch.Tensor:
+        return self.attributes["task_labels"]
+
+    @property
+    def classes(self) -> list[int]:
+        """The sorted class ids present."""
+        return self.targets.unique().tolist()
+
+    @property
+    def tasks(self) -> list[int]:
+        """The sorted task labels present."""
+        return self.task_labels.unique().tolist()
+
+    def class_subset(self, classes: Iterable[int]) -> CLDataset:
+        """The samples whose class is in ``classes``."""
+        wanted = torch.as_tensor(list(classes), dtype=self.targets.dtype)
+        return self.subset(torch.isin(self.targets, wanted).nonzero().flatten())
+
+    def split_by_class(self) -> dict[int, CLDataset]:
+        """One dataset per class, in class order."""
+        return {c: self.class_subset([c]) for c in self.classes}
+
+    def split_by_task(self) -> dict[int, CLDataset]:
+        """One dataset per task label, in task order."""
+        return {t: self.subset((self.task_labels == t).nonzero().flatten()) for t in self.tasks}
+
+    def __repr__(self) -> str:
+        return (f"CLDataset({len(self)} samples, classes={self.classes}, tasks={self.tasks}, "
+                f"group={self.group!r}, attributes={list(self.attributes)})")
+
+
+def as_cl_dataset(dataset: Any) -> CLDataset:
+    """``dataset`` as a CLDataset: a CLDataset as is, a map-style torch Dataset wrapped."""
+    if isinstance(dataset, CLDataset):
+        return dataset
+    if isinstance(dataset, Dataset) or (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        return CLDataset.from_dataset(dataset)
+    raise TypeError(f"expected a CLDataset or a map-style torch Dataset, got {type(dataset).__name__}: {dataset!r}")
+
+
+def iterate_minibatches(dataset: CLDataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None
+                        = None, indices: torch.Tensor | None = None, drop_last: bool = False, num_workers: int = 0,
+                        ) -> Iterator[tuple[Any, torch.Tensor, torch.Tensor]]:
+    """One epoch of ``(x, y, t)`` minibatches over ``dataset`` (or over its samples ``indices``, e.g. one rank's).
+
+    In-memory data takes the batched path; other data goes through a torch ``DataLoader``.
+    """
+    order = torch.arange(len(dataset)) if indices is None else indices
+    if shuffle:
+        order = order[torch.randperm(len(order), generator=generator)]
+    stop = len(order) - (len(order) % batch_size if drop_last else 0)
+    if dataset.is_batched:
+        for start in range(0, stop, batch_size):
+            yield dataset.get_batch(order[start:start + batch_size])
+        return
+    batches = [order[s:s + batch_size].tolist() for s in range(0, stop, batch_size)]
+    yield from torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)
