@@ -281,9 +281,18 @@ def iterate_minibatches(dataset: CLDataset, batch_size: int, *, shuffle: bool, g
     if shuffle:
         order = order[torch.randperm(len(order), generator=generator)]
     stop = len(order) - (len(order) % batch_size if drop_last else 0)
-    if dataset.is_batched:
+    if dataset.is_batched and dataset._source_of is None:
+        # one gather per epoch for the index and the attributes; per minibatch, one gather of x and two views
+        source = dataset._sources[0]
+        inner = order if dataset._index is None else dataset._index[order]
+        y, t = dataset.targets[order], dataset.task_labels[order]
+        x_all, transform = source.data, source.transforms.get(dataset.group)
+        for start in range(0, stop, batch_size):
+            x = x_all[inner[start:start + batch_size]]
+            yield (x if transform is None else transform(x)), y[start:start + batch_size], t[start:start + batch_size]
+    elif dataset.is_batched:
         for start in range(0, stop, batch_size):
             yield dataset.get_batch(order[start:start + batch_size])
-        return
-    batches = [order[s:s + batch_size].tolist() for s in range(0, stop, batch_size)]
-    yield from torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)
+    else:
+        batches = [order[s:s + batch_size].tolist() for s in range(0, stop, batch_size)]
+        yield from torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)

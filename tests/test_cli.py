@@ -1,0 +1,173 @@
+"""`clkernel run` composes a run by names from installed plugins; exit codes 0 / 1 / 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import importlib_metadata
+import pytest
+
+PLUGIN = '''
+import torch
+import clkernel
+from clkernel import Benchmark, CLDataset, Experience, Stream
+
+
+def toy(n_experiences: int = 2, seed: int = 0, dataset_root: str | None = None):
+    """Random 2x3 inputs, two classes per experience."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(2 * n_experiences).repeat_interleave(8)
+    data = CLDataset.from_tensors(torch.randn(len(y), 2, 3, generator=g), y)
+    exps = lambda: [Experience(i, data.class_subset([2 * i, 2 * i + 1])) for i in range(n_experiences)]
+    if dataset_root == "missing":
+        raise FileNotFoundError("no data in 'missing'; pass --data-root")
+    return Benchmark({"train": Stream("train", exps()), "test": Stream("test", exps())}, name="toy")
+
+
+def linear(num_classes: int, input_size: int):
+    """Flatten, then one linear layer."""
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(input_size, num_classes))
+
+
+class Count:
+    name = "count"
+    needs_initial_eval = True
+
+    def __init__(self, run_dir=None):
+        self.n, self.evals, self.run_dir = 0, 0, run_dir
+
+    @clkernel.hookimpl
+    def after_training_iteration(self, state):
+        self.n += 1
+        state.log_metrics({"iterations": self.n})
+
+    @clkernel.hookimpl
+    def after_eval(self, state):
+        self.evals += 1
+        state.log_metrics({"evals": self.evals})
+
+
+class Recorder:
+    name = "recorder"
+
+    def __init__(self, run_dir, config):
+        self.path = run_dir / "values.jsonl"
+        self.config = config
+        self.file = self.path.open("w")
+
+    @clkernel.hookimpl
+    def log_metrics(self, state, values):
+        self.file.write(json.dumps(values) + "\\n")
+
+    def close(self):
+        self.file.close()
+        (self.path.parent / "config.json").write_text(json.dumps(self.config, default=str))
+
+    def files(self):
+        return [self.path]
+
+
+class Explode:
+    name = "explode"
+
+    @clkernel.hookimpl
+    def before_training_exp(self, state):
+        raise RuntimeError("kaboom")
+
+
+import json
+
+
+@clkernel.hookimpl
+def register_benchmarks(register):
+    register("toy", toy, default=True)
+
+
+@clkernel.hookimpl
+def register_models(register):
+    register("linear", linear, default=True)
+
+
+@clkernel.hookimpl
+def register_plugins(register):
+    register("explode", Explode)
+
+
+@clkernel.hookimpl
+def register_metrics(register):
+    register("count", Count, default=True)
+
+
+@clkernel.hookimpl
+def register_loggers(register):
+    register("recorder", Recorder, default=True)
+'''
+
+
+@pytest.fixture
+def site(install_dist):
+    return install_dist("clk-toy", "clk_toy", PLUGIN, entry_point="toy")
+
+
+def run(site: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """``clkernel run`` with the toy plugin as the only one enabled, so its defaults are the defaults."""
+    others = {ep.name for ep in importlib_metadata.entry_points(group="clkernel.plugins")} - {"toy"}
+    env = {**os.environ, "PYTHONPATH": str(site), "CLKERNEL_DISABLE_PLUGINS": ",".join(sorted(others))}
+    return subprocess.run([sys.executable, "-m", "clkernel.cli", "--log-format", "json", "run", *args],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+
+
+def test_run_with_defaults_trains_evaluates_and_logs(site, tmp_path):
+    result = run(site, tmp_path, "--output", "out", "--mb-size", "4")
+    assert result.returncode == 0, result.stderr
+    values = [json.loads(line) for line in (tmp_path / "out" / "values.jsonl").read_text().splitlines()]
+    # an initial evaluation (needs_initial_eval), then per experience: 4 iterations and an evaluation
+    assert values[0] == {"evals": 1} and values[-1] == {"evals": 3}
+    assert [v["iterations"] for v in values if "iterations" in v] == list(range(1, 9))
+    assert "run finished; results in out" in result.stdout and "values.jsonl" in result.stdout
+    events = [json.loads(line)["event"] for line in result.stderr.splitlines() if line.startswith("{")]
+    assert events[0] == "run_start" and events[-1] == "run_end" and "experience_start" in events
+    start = json.loads(result.stderr.splitlines()[0])
+    assert start["components"]["benchmark:toy"] == "clk-toy 1.0" and start["seed"] == 0
+
+
+def test_config_file_and_flags_compose(site, tmp_path):
+    (tmp_path / "run.toml").write_text('benchmark = "toy:n_experiences=3"\nepochs = 2\nmb-size = 8\n'
+                                       'output = "from-config"\nloggers = [{name = "recorder"}]\n')
+    result = run(site, tmp_path, "--config", "run.toml", "--epochs", "1")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "from-config" / "config.json").read_text())
+    assert config["epochs"] == 1 and config["mb_size"] == 8 and config["benchmark"] == "toy:n_experiences=3"
+    values = (tmp_path / "from-config" / "values.jsonl").read_text().splitlines()
+    assert sum('"iterations"' in v for v in values) == 6  # 3 experiences x 16 samples / 8
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "linaer"], "unknown model 'linaer'; installed models: linear"),
+    (["--benchmark", "toy:n_experiences=two"], "option n_experiences='two' must be of type int"),
+    (["--benchmark", "toy:colour=red"], "has no option 'colour'; its options: n_experiences, seed, dataset_root"),
+    (["--epochs", "0"], "--epochs must be a positive integer"),
+    (["--data-root", "missing"], "benchmark 'toy': no data in 'missing'; pass --data-root"),
+])
+def test_usage_errors_exit_2_naming_the_culprit(site, tmp_path, args, message):
+    result = run(site, tmp_path, *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_bad_config_key_is_a_usage_error(site, tmp_path):
+    (tmp_path / "run.toml").write_text("epoch = 3\n")
+    result = run(site, tmp_path, "--config", "run.toml")
+    assert result.returncode == 2 and "unknown key 'epoch'" in result.stderr
+
+
+def test_training_failure_exits_1_with_a_structured_error(site, tmp_path):
+    result = run(site, tmp_path, "--plugin", "explode")
+    assert result.returncode == 1
+    error = json.loads([line for line in result.stderr.splitlines() if '"run_failed"' in line][0])
+    assert "plugin 'explode' failed in event 'before_training_exp'" in error["error"]
+    assert "kaboom" in error["exception"]
