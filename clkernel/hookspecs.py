@@ -52,7 +52,7 @@ The training loop, with every event where it fires (``S`` is the one :class:`~cl
 Any plugin may call ``S.log_metrics(values)`` at any point; that fires :func:`log_metrics` on every plugin, so
 metrics and loggers never import each other. Every training event takes the one argument ``state``; a plugin
 implements only the events it needs, each marked with :data:`clkernel.hookimpl`. Events that no plugin
-implements cost nothing per minibatch.
+implements cost nothing per minibatch. Return values are ignored, except those of :func:`loss_terms`.
 
 Registration hooks are separate: they are implemented by the modules that entry points of the group
 ``clkernel.plugins`` name, and each adds named components (benchmarks, models, training plugins, metrics,
@@ -99,7 +99,7 @@ class TrainingEvents:
 
         :param state: the training state; ``state.is_training`` is True, ``state.experience`` is not set yet.
 
-        Return value ignored. Use it to set up per-run state (timers, logger headers).
+        Use it to set up per-run state (timers, logger headers).
 
         .. versionadded:: 0.1
         """
@@ -111,8 +111,6 @@ class TrainingEvents:
         :param state: ``state.experience`` is the experience about to be trained; the model has not been
             adapted to it yet.
 
-        Return value ignored.
-
         .. versionadded:: 0.1
         """
 
@@ -121,8 +119,6 @@ class TrainingEvents:
         """Called before ``state.dataset`` is set to the experience's training dataset.
 
         :param state: ``state.experience.dataset`` may be read or replaced here.
-
-        Return value ignored.
 
         .. versionadded:: 0.1
         """
@@ -134,8 +130,6 @@ class TrainingEvents:
 
         :param state: a plugin may replace ``state.dataset`` (for example concatenate a replay buffer);
             the loader is then built over the replacement.
-
-        Return value ignored.
 
         .. versionadded:: 0.1
         """
@@ -151,8 +145,6 @@ class TrainingEvents:
         :param state: ``state.epoch`` counts epochs of the current experience from 0. A plugin may replace
             ``state.dataloader`` (any iterable of ``(x, y, t)`` minibatches) for this epoch.
 
-        Return value ignored.
-
         .. versionadded:: 0.1
         """
 
@@ -163,8 +155,6 @@ class TrainingEvents:
         :param state: ``state.mb`` is the ``(x, y, t)`` minibatch; a plugin may replace it (for example to
             add replayed samples).
 
-        Return value ignored.
-
         .. versionadded:: 0.1
         """
 
@@ -174,8 +164,6 @@ class TrainingEvents:
 
         :param state: ``state.mb`` may still be replaced.
 
-        Return value ignored.
-
         .. versionadded:: 0.1
         """
 
@@ -184,8 +172,6 @@ class TrainingEvents:
         """Called right after the forward pass.
 
         :param state: ``state.mb_output`` holds the model's output and may be changed (for example masked).
-
-        Return value ignored.
 
         .. versionadded:: 0.1
         """
@@ -208,16 +194,12 @@ class TrainingEvents:
 
         :param state: ``state.loss`` may be replaced.
 
-        Return value ignored.
-
         .. versionadded:: 0.1
         """
 
     @_every("per iteration")
     def after_backward(self, state: TrainState) -> None:
         """Called after ``loss.backward()``: gradients are in the parameters' ``.grad``.
-
-        Return value ignored.
 
         .. versionadded:: 0.1
         """
@@ -226,8 +208,6 @@ class TrainingEvents:
     def before_update(self, state: TrainState) -> None:
         """Called before ``optimizer.step()``: gradients may be changed (projected, clipped, masked).
 
-        Return value ignored.
-
         .. versionadded:: 0.1
         """
 
@@ -235,16 +215,12 @@ class TrainingEvents:
     def after_update(self, state: TrainState) -> None:
         """Called after ``optimizer.step()``.
 
-        Return value ignored.
-
         .. versionadded:: 0.1
         """
 
     @_every("per iteration")
     def after_training_iteration(self, state: TrainState) -> None:
         """Called at the end of each training iteration; ``state.iteration`` has been incremented.
-
-        Return value ignored.
 
         .. versionadded:: 0.1
         """
@@ -255,8 +231,6 @@ class TrainingEvents:
 
         :param state: a plugin may set ``state.stop_training = True`` to end this experience's epochs early.
 
-        Return value ignored.
-
         .. versionadded:: 0.1
         """
 
@@ -266,16 +240,12 @@ class TrainingEvents:
 
         :param state: the model is trained on ``state.experience``; buffers and importances are updated here.
 
-        Return value ignored.
-
         .. versionadded:: 0.1
         """
 
     @_every("once per train() call")
     def after_training(self, state: TrainState) -> None:
         """Called at the end of :meth:`Strategy.train`, after the last experience.
-
-        Return value ignored.
 
         .. versionadded:: 0.1
         """
@@ -291,16 +261,12 @@ class TrainingEvents:
         :param state: ``state.is_training`` is False and ``state.stream_name`` names the evaluated stream.
             When eval() is called inside train(), the training fields are restored afterwards.
 
-        Return value ignored.
-
         .. versionadded:: 0.1
         """
 
     @_every("per evaluation experience")
     def before_eval_exp(self, state: TrainState) -> None:
         """Called when an evaluation experience starts.
-
-        Return value ignored.
 
         .. versionadded:: 0.1
         """
@@ -309,16 +275,12 @@ class TrainingEvents:
     def before_eval_dataset_adaptation(self, state: TrainState) -> None:
         """Called before ``state.dataset`` is set to the experience's dataset (eval transforms).
 
-        Return value ignored.
-
         .. versionadded:: 0.1
         """
 
     @_every("per evaluation experience")
     def after_eval_dataset_adaptation(self, state: TrainState) -> None:
         """Called after ``state.dataset`` is set; a plugin may replace it before the loader is built.
-
-        Return value ignored.
 
         .. versionadded:: 0.1
         """
@@ -327,16 +289,12 @@ class TrainingEvents:
     def before_eval_iteration(self, state: TrainState) -> None:
         """Called when an evaluation minibatch ``state.mb`` has been loaded and moved to the device.
 
-        Return value ignored.
-
         .. versionadded:: 0.1
         """
 
     @_every("per iteration")
     def before_eval_forward(self, state: TrainState) -> None:
         """Called right before the evaluation forward pass (under ``torch.no_grad()``).
-
-        Return value ignored.
 
         .. versionadded:: 0.1
         """
@@ -345,16 +303,12 @@ class TrainingEvents:
     def after_eval_forward(self, state: TrainState) -> None:
         """Called right after the evaluation forward pass; ``state.mb_output`` holds the output.
 
-        Return value ignored.
-
         .. versionadded:: 0.1
         """
 
     @_every("per iteration")
     def after_eval_iteration(self, state: TrainState) -> None:
         """Called at the end of each evaluation iteration; metrics accumulate here.
-
-        Return value ignored.
 
         .. versionadded:: 0.1
         """
@@ -363,16 +317,12 @@ class TrainingEvents:
     def after_eval_exp(self, state: TrainState) -> None:
         """Called when an evaluation experience is done; experience-level metrics are emitted here.
 
-        Return value ignored.
-
         .. versionadded:: 0.1
         """
 
     @_every("once per eval() call")
     def after_eval(self, state: TrainState) -> None:
         """Called at the end of :meth:`Strategy.eval`; stream-level metrics are emitted here.
-
-        Return value ignored.
 
         .. versionadded:: 0.1
         """
@@ -389,7 +339,7 @@ class TrainingEvents:
         :param values: metric name -> value (a float, a tensor, or an object a logger knows, such as a
             matplotlib figure). Names follow the scheme documented by the metrics package.
 
-        Return value ignored. Values also become the result of ``train()`` / ``eval()`` (last value wins).
+        Values also become the result of ``train()`` / ``eval()`` (last value wins).
 
         .. versionadded:: 0.1
         """

@@ -1,0 +1,70 @@
+"""The repository keeps its promises: README set-up = CI, every package installed and loading, docs current."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import clkernel
+from clkernel.discovery import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = sorted(p.parent for p in [*ROOT.glob("plugins/*/pyproject.toml"), *ROOT.glob("contrib/*/pyproject.toml")])
+
+
+def readme_commands() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return [line for block in blocks for line in block.strip().splitlines()]
+
+
+def test_readme_has_two_commands_and_ci_runs_exactly_them():
+    commands = readme_commands()
+    assert len(commands) == 2, commands
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    for command in commands:
+        assert command in ci, f"README command not in .ci/run: {command}"
+
+
+def test_every_package_is_installed_by_the_setup_command():
+    listed = {line.split(None, 1)[1].strip() for line in (ROOT / "requirements-dev.txt").read_text().splitlines()
+              if line.startswith("-e ")}
+    missing = [str(p.relative_to(ROOT)) for p in PACKAGES if str(p.relative_to(ROOT)) not in listed]
+    assert not missing, f"add to requirements-dev.txt: {missing}"
+
+
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.name)
+def test_every_package_is_a_plugin_distribution_that_loads(package):
+    meta = tomllib.loads((package / "pyproject.toml").read_text())
+    entry_points = meta["project"]["entry-points"]["clkernel.plugins"]
+    assert (package / "README.md").is_file() and (package / "tests").is_dir()
+    assert not any("==" in dep for dep in meta["project"].get("dependencies", [])), "pin ranges, not versions"
+    sources = {s.entry_point: s for s in Registry.from_entry_points().sources
+               if s.distribution == meta["project"]["name"]}
+    for name in entry_points:
+        assert name in sources, f"{name} of {meta['project']['name']} is not installed: run the README set-up"
+        assert sources[name].status == "ok", sources[name].error
+        assert sources[name].components and not sources[name].clashes
+
+
+def test_hook_reference_is_current():
+    spec = importlib.util.spec_from_file_location("gen_hooks", ROOT / "docs" / "gen_hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (ROOT / "docs" / "hooks.md").read_text() == module.render(), "run docs/gen_hooks.py"
+
+
+def test_kernel_stays_small_and_free_of_torchvision():
+    lines = sum(len(p.read_text().splitlines()) for p in (ROOT / "clkernel").glob("*.py"))
+    assert lines < 2000, f"the kernel has {lines} lines"
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert not any("torchvision" in dep for dep in meta["project"]["dependencies"])
+    code = "import sys, clkernel; clkernel.Strategy; print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    assert clkernel.__version__ == meta["project"]["version"]
