@@ -47,7 +47,7 @@ class _Source:
         return transform(x) if transform is not None else x
 
     def batch(self, index: torch.Tensor | None, group: str) -> torch.Tensor:
-        x = self.data if index is None else self.data[index]
+        x = self.data if index is None else self.data.index_select(0, index)
         transform = self.transforms.get(group)
         return transform(x) if transform is not None else x
 
@@ -150,7 +150,8 @@ class CLDataset:
 
     def get_batch(self, idx: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """The minibatch ``(x, y, t)`` of the samples at positions ``idx`` (a 1-D long tensor)."""
-        y, t = self.attributes["targets"][idx], self.attributes["task_labels"][idx]
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        y, t = self.attributes["targets"].index_select(0, idx), self.attributes["task_labels"].index_select(0, idx)
         if not self.is_batched:
             return default_collate([self[int(i)][0] for i in idx]), y, t
         if self._source_of is None:
@@ -215,6 +216,18 @@ class CLDataset:
         groups = {"train": transform, "eval": eval_transform}
         return evolve(self, sources=tuple(_Source(s.data, groups) for s in self._sources))
 
+    def with_input_op(self, op: Transform, per_sample: Transform | None = None) -> CLDataset:
+        """A view whose inputs also go through the batched ``op`` (a permutation, a rotation), in both groups.
+
+        In-memory sources apply ``op`` to the stored minibatch, before their own transforms. Dataset sources
+        apply ``per_sample`` (default: ``op`` on a batch of one) to each sample, after their own transforms.
+        """
+        one = per_sample or (lambda x: op(x.unsqueeze(0))[0])
+        sources = tuple(_Source(s.data, {g: _chain(op, s.transforms.get(g)) if s.is_tensor else
+                                         _chain(s.transforms.get(g), one) for g in GROUPS})
+                        for s in self._sources)
+        return evolve(self, sources=sources)
+
     def train(self) -> CLDataset:
         """A view that applies the train transforms."""
         return self if self.group == "train" else evolve(self, group="train")
@@ -261,6 +274,12 @@ class CLDataset:
                 f"group={self.group!r}, attributes={list(self.attributes)})")
 
 
+def _chain(first: Transform | None, second: Transform | None) -> Transform | None:
+    if first is None or second is None:
+        return first or second
+    return lambda x: second(first(x))
+
+
 def as_cl_dataset(dataset: Any) -> CLDataset:
     """``dataset`` as a CLDataset: a CLDataset as is, a map-style torch Dataset wrapped."""
     if isinstance(dataset, CLDataset):
@@ -285,10 +304,10 @@ def iterate_minibatches(dataset: CLDataset, batch_size: int, *, shuffle: bool, g
         # one gather per epoch for the index and the attributes; per minibatch, one gather of x and two views
         source = dataset._sources[0]
         inner = order if dataset._index is None else dataset._index[order]
-        y, t = dataset.targets[order], dataset.task_labels[order]
+        y, t = dataset.targets.index_select(0, order), dataset.task_labels.index_select(0, order)
         x_all, transform = source.data, source.transforms.get(dataset.group)
         for start in range(0, stop, batch_size):
-            x = x_all[inner[start:start + batch_size]]
+            x = x_all.index_select(0, inner[start:start + batch_size])
             yield (x if transform is None else transform(x)), y[start:start + batch_size], t[start:start + batch_size]
     elif dataset.is_batched:
         for start in range(0, stop, batch_size):

@@ -11,6 +11,15 @@ import structlog
 __all__ = ["configure_logging"]
 
 
+class _StderrLogger:
+    """Writes each rendered event to whatever ``sys.stderr`` is *now* (it may be replaced, as pytest does)."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
 def configure_logging(fmt: str = "auto", level: str | None = None) -> None:
     """Configure structlog for the ``clkernel`` command: ``fmt`` is ``auto``, ``console`` or ``json``.
 
@@ -30,6 +39,6 @@ def configure_logging(fmt: str = "auto", level: str | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, name, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=lambda *args: _StderrLogger(),
         cache_logger_on_first_use=False,
     )

@@ -34,7 +34,11 @@ def make_model() -> torch.nn.Module:
 
 
 def plain_run(data, seed: int) -> tuple[float, float]:
-    """Train and evaluate by hand: slice each experience's tensors, loop over shuffled minibatches."""
+    """Train and evaluate by hand: slice each experience's tensors, loop over shuffled minibatches.
+
+    Minibatches are gathered with ``index_select``, the fastest gather on CPU (``x[idx]`` is several times
+    slower on torch 2.14), so the baseline is the strongest plain loop, not a naive one.
+    """
     train_x, train_y, test_x, test_y = data
     torch.manual_seed(seed)
     model = make_model()
@@ -50,7 +54,7 @@ def plain_run(data, seed: int) -> tuple[float, float]:
         for s in range(0, len(ye), MB):
             b = perm[s:s + MB]
             optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(xe[b]), ye[b])
+            loss = criterion(model(xe.index_select(0, b)), ye.index_select(0, b))
             loss.backward()
             optimizer.step()
         train_time += time.perf_counter() - start
