@@ -97,7 +97,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- run
 
 RUN_KEYS = {"benchmark": None, "model": None, "plugin": [], "metric": [], "logger": [], "optimizer": "sgd",
-            "lr": 0.01, "momentum": 0.0, "epochs": 1, "mb_size": 32, "eval_mb_size": 256, "seed": 0,
+            "lr": 0.01, "momentum": 0.9, "epochs": 1, "mb_size": 32, "eval_mb_size": 256, "seed": 0,
             "device": None, "output": None, "data_root": None}
 
 
