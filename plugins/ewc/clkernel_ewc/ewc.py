@@ -1,0 +1,222 @@
+"""Elastic Weight Consolidation (Kirkpatrick et al., 2017), with Avalanche's ``EWCPlugin`` semantics.
+
+After each experience the diagonal Fisher information ``F`` is estimated on that experience's training data as
+the mean, over minibatches (in order, the strategy's minibatch size), of the squared gradients of the loss
+(model in eval mode). The penalty added to the loss is ``ewc_lambda * sum_e sum_k F_e,k (theta_k - theta_e,k)^2``
+over the past experiences ``e`` (``separate`` mode), or ``ewc_lambda * sum_k F_k (theta_k - theta_last,k)^2``
+with ``F = decay_factor * F_old + F_new`` (``online`` mode). No 1/2 factor, as in Avalanche.
+
+In separate mode the sum over experiences is kept folded: with ``A = sum_e F_e`` and
+``mu = sum_e F_e theta_e / A``, ``sum_e F_e (theta - theta_e)^2 = A (theta - mu)^2 + c`` where the constant
+``c = sum_e F_e (theta_e - mu)^2`` is computed once per experience. The penalty's value and gradient are the same
+as the direct sum, and its cost per minibatch and its memory stay those of one experience however many pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+import clkernel
+from clkernel import CLDataset, TrainState, iterate_minibatches
+
+__all__ = ["EWC", "compute_importances", "ewc_penalty"]
+
+Tensors = dict[str, torch.Tensor]
+
+
+def compute_importances(model: torch.nn.Module, dataset: CLDataset, *,
+                        criterion: Callable[..., torch.Tensor] | None = None, batch_size: int = 32,
+                        device: torch.device | str | None = None) -> Tensors:
+    """The diagonal Fisher information of ``model``'s parameters on ``dataset``: the mean over minibatches (in
+    dataset order) of the squared gradient of ``criterion`` (default cross-entropy), the model in eval mode.
+
+    Parameters that get no gradient have zero importance. The model's gradients are cleared afterwards and its
+    train/eval mode restored.
+    """
+    criterion = criterion or torch.nn.CrossEntropyLoss()
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if device is None:
+        device = next(iter(params.values())).device if params else torch.device("cpu")
+    importances = {n: torch.zeros_like(p) for n, p in params.items()}
+    takes_t = getattr(model, "takes_task_labels", False)
+    was_training = model.training
+    model.eval()
+    batches = 0
+    try:
+        for x, y, t in iterate_minibatches(dataset, batch_size, shuffle=False):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            model.zero_grad(set_to_none=True)
+            out = model(x, t.to(device, non_blocking=True)) if takes_t else model(x)
+            criterion(out, y).backward()
+            for n, p in params.items():
+                if p.grad is not None:
+                    importances[n] += p.grad.detach().pow(2)
+            batches += 1
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    if batches == 0:
+        raise ValueError("compute_importances got an empty dataset")
+    return {n: imp / batches for n, imp in importances.items()}
+
+
+def ewc_penalty(model: torch.nn.Module, importances: Mapping[str, torch.Tensor] | Iterable[Mapping[str, torch.Tensor]],
+                saved_params: Mapping[str, torch.Tensor] | Iterable[Mapping[str, torch.Tensor]], *,
+                ewc_lambda: float = 1.0) -> torch.Tensor:
+    """``ewc_lambda * sum_e sum_k F_e,k (theta_k - theta_e,k)^2``: the EWC penalty computed directly.
+
+    ``importances`` and ``saved_params`` are one dict (one experience) or aligned sequences of dicts, name ->
+    tensor. Parameters missing from a dict are not penalised; a parameter that grew since (a larger head) is
+    penalised on the part it had then.
+    """
+    if isinstance(importances, Mapping):
+        importances, saved_params = [importances], [saved_params]  # type: ignore[list-item]
+    params = dict(model.named_parameters())
+    total = torch.zeros((), device=next(iter(params.values())).device if params else None)
+    for imp, old in zip(importances, saved_params, strict=True):  # type: ignore[arg-type]
+        for name, f in imp.items():
+            if name not in params:
+                continue
+            p = params[name][tuple(slice(0, s) for s in f.shape)]
+            total = total + (f * (p - old[name]).pow(2)).sum()
+    return ewc_lambda * total
+
+
+def _grow(t: torch.Tensor, shape: torch.Size, name: str) -> torch.Tensor:
+    """``t`` zero-padded to ``shape`` (a parameter that grew keeps its old part; new entries get no penalty)."""
+    if t.shape == shape:
+        return t
+    if len(t.shape) != len(shape) or any(a > b for a, b in zip(t.shape, shape)):
+        raise ValueError(f"ewc: parameter {name!r} changed shape from {tuple(t.shape)} to {tuple(shape)}; EWC "
+                         f"only follows parameters that grow")
+    out = t.new_zeros(shape)
+    out[tuple(slice(0, s) for s in t.shape)] = t
+    return out
+
+
+class EWC:
+    """Elastic Weight Consolidation: a quadratic penalty keeping important parameters near their past values.
+
+    :param ewc_lambda: weight of the penalty.
+    :param mode: ``"separate"`` (one term per past experience) or ``"online"`` (one running importance,
+        decayed by ``decay_factor`` at each experience, anchored at the last parameters).
+    :param decay_factor: online mode only, required there.
+    :param keep_importance_data: keep every experience's importances and parameters in
+        ``importances`` / ``saved_params`` (for inspection). The penalty never needs them (see the module
+        docstring), so by default only the last experience's are kept.
+    """
+
+    name = "ewc"
+    MODES = ("separate", "online")
+
+    def __init__(self, ewc_lambda: float = 1.0, mode: str = "separate", decay_factor: float | None = None,
+                 keep_importance_data: bool = False) -> None:
+        if isinstance(ewc_lambda, bool) or not isinstance(ewc_lambda, (int, float)) or ewc_lambda < 0:
+            raise ValueError(f"{self.name}: ewc_lambda must be a non-negative number, got {ewc_lambda!r}")
+        if mode not in self.MODES:
+            raise ValueError(f"{self.name}: mode must be one of {self.MODES}, got {mode!r}")
+        if mode == "online" and (decay_factor is None or not 0 <= decay_factor <= 1):
+            raise ValueError(f"{self.name}: decay_factor must be a number in [0, 1] in online mode, got "
+                             f"{decay_factor!r}")
+        if mode == "separate" and decay_factor is not None:
+            raise ValueError(f"{self.name}: decay_factor applies to mode='online' only, got "
+                             f"decay_factor={decay_factor!r} with mode='separate'")
+        self.ewc_lambda, self.mode, self.decay_factor = float(ewc_lambda), mode, decay_factor
+        self.keep_importance_data = keep_importance_data
+        #: Per experience (the experience's count), importances and parameters after training on it.
+        self.importances: dict[int, Tensors] = {}
+        self.saved_params: dict[int, Tensors] = {}
+        # Folded penalty: A (summed importances), B = sum F theta, C = sum F theta^2 (float64), const (a float).
+        self._sums: dict[str, dict[str, torch.Tensor]] = {}
+        self._anchor: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]] = []
+        self._const = 0.0
+        self.experiences = 0
+
+    # ------------------------------------------------------------------ the penalty
+
+    @clkernel.hookimpl
+    def before_training_epoch(self, state: TrainState) -> None:
+        if state.epoch == 0:
+            self._bind(state.model)
+
+    def _bind(self, model: torch.nn.Module) -> None:
+        """Pair each penalised parameter with its importance and anchor, grown to its current shape."""
+        self._anchor = []
+        if not self._sums:
+            return
+        params = dict(model.named_parameters())
+        for name, sums in self._sums.items():
+            if name not in params:
+                continue
+            p = params[name]
+            for key in ("A", "B", "C"):
+                sums[key] = _grow(sums[key], p.shape, name).to(p.device)
+            a = sums["A"]
+            mu = torch.where(a > 0, sums["B"] / a.clamp_min(torch.finfo(a.dtype).tiny), torch.zeros_like(a))
+            self._anchor.append((p, a.to(p.dtype), mu.to(p.dtype)))
+
+    def penalty(self, model: torch.nn.Module | None = None) -> torch.Tensor | None:
+        """The current penalty (times ``ewc_lambda``), or None before the first experience ends."""
+        if model is not None:
+            self._bind(model)
+        if not self._anchor:
+            return None
+        total = sum((a * (p - mu).pow(2)).sum() for p, a, mu in self._anchor)
+        return self.ewc_lambda * (total + self._const)  # type: ignore[operator]
+
+    @clkernel.hookimpl
+    def loss_terms(self, state: TrainState) -> torch.Tensor | None:
+        return self.penalty()
+
+    # ------------------------------------------------------------------ importances
+
+    @clkernel.hookimpl
+    def after_training_exp(self, state: TrainState) -> None:
+        importances = compute_importances(state.model, state.experience.dataset.train(),  # type: ignore[union-attr]
+                                          criterion=state.criterion, batch_size=state.train_mb_size,
+                                          device=state.device)
+        self.consolidate(state.model, importances)
+        self._bind(state.model)
+
+    @torch.no_grad()
+    def consolidate(self, model: torch.nn.Module, importances: Mapping[str, torch.Tensor]) -> None:
+        """Add one experience: ``importances`` computed for ``model``'s current parameters (the new anchor)."""
+        params = {n: p.detach() for n, p in model.named_parameters() if n in importances}
+        e = self.experiences
+        self.importances[e] = {n: f.detach().clone() for n, f in importances.items()}
+        self.saved_params[e] = {n: p.clone() for n, p in params.items()}
+        if not self.keep_importance_data:
+            for old in [k for k in self.importances if k != e]:
+                del self.importances[old], self.saved_params[old]
+        for name, p in params.items():
+            f = importances[name].double()
+            theta = p.double()
+            sums = self._sums.get(name)
+            if sums is None or self.mode == "online":
+                a = f if sums is None else _grow(sums["A"], p.shape, name).to(f.device) * self.decay_factor + f
+                self._sums[name] = {"A": a, "B": a * theta, "C": a * theta.pow(2)}
+            else:
+                self._sums[name] = {"A": _grow(sums["A"], p.shape, name).to(f.device) + f,
+                                    "B": _grow(sums["B"], p.shape, name).to(f.device) + f * theta,
+                                    "C": _grow(sums["C"], p.shape, name).to(f.device) + f * theta.pow(2)}
+        const = 0.0
+        for sums in self._sums.values():
+            a, b, c = sums["A"], sums["B"], sums["C"]
+            const += float(torch.where(a > 0, c - b.pow(2) / a.clamp_min(1e-300), torch.zeros_like(a)).sum())
+        self._const = max(const, 0.0)
+        self.experiences += 1
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": {n: {k: v.clone() for k, v in s.items()} for n, s in self._sums.items()},
+                "const": self._const, "experiences": self.experiences, "importances": self.importances,
+                "saved_params": self.saved_params}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._sums = {n: dict(s) for n, s in state["sums"].items()}
+        self._const, self.experiences = float(state["const"]), int(state["experiences"])
+        self.importances, self.saved_params = dict(state["importances"]), dict(state["saved_params"])
+        self._anchor = []

@@ -1,0 +1,194 @@
+"""Learning without Forgetting (Li & Hoiem, 2016), with Avalanche's ``LwF`` semantics.
+
+After each experience a frozen copy of the model is kept. On every later training minibatch the current
+model's outputs are distilled towards the frozen model's on the classes seen so far: the loss term is
+``alpha * KL(softmax(old / T) || softmax(new / T))`` over those output units, averaged over the minibatch
+(``batchmean``), with no ``T^2`` factor. For models that take task labels, each past task is distilled on its
+own classes, over its own samples, and the per-task terms are summed.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+import clkernel
+from clkernel import CLDataset, Experience, TrainState
+
+__all__ = ["LearningWithoutForgetting", "LwF", "distillation_loss"]
+
+
+def distillation_loss(output: torch.Tensor, old_output: torch.Tensor, units: torch.Tensor | Sequence[int],
+                      temperature: float = 2.0, *, reduction: str = "batchmean") -> torch.Tensor:
+    """``KL(softmax(old/T) || softmax(new/T))`` over the output ``units``: ``batchmean`` (a scalar) or
+    ``none`` (one value per sample)."""
+    units = torch.as_tensor(units, dtype=torch.long, device=output.device)
+    log_p = F.log_softmax(output.index_select(1, units) / temperature, dim=1)
+    log_q = F.log_softmax(old_output.index_select(1, units) / temperature, dim=1)
+    per_sample = F.kl_div(log_p, log_q, reduction="none", log_target=True).sum(dim=1)
+    if reduction == "none":
+        return per_sample
+    if reduction == "batchmean":
+        return per_sample.mean()
+    raise ValueError(f"reduction must be 'batchmean' or 'none', got {reduction!r}")
+
+
+def _check_alpha(alpha: Any, who: str) -> float | list[float]:
+    if isinstance(alpha, (list, tuple)):
+        if not alpha:
+            raise ValueError(f"{who}: alpha must be a number or a non-empty list of numbers (one per experience)")
+        values = [_check_alpha(a, who) for a in alpha]
+        return values  # type: ignore[return-value]
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha < 0:
+        raise ValueError(f"{who}: alpha must be a non-negative number or a list of them, got {alpha!r}")
+    return float(alpha)
+
+
+class LearningWithoutForgetting:
+    """LwF outside any loop: ``update(model, data)`` after training on ``data``; then ``penalty(x, output, t)``
+    is the distillation term for a minibatch ``x`` whose current output is ``output``.
+
+    :param alpha: weight of the term: a number, or one number per experience (indexed by the number of
+        experiences already seen; the first experience never has a term).
+    :param temperature: softmax temperature ``T``.
+    """
+
+    def __init__(self, alpha: float | Sequence[float] = 1.0, temperature: float = 2.0, *, name: str = "lwf") -> None:
+        self.name = name
+        self.alpha = _check_alpha(alpha, name)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
+            raise ValueError(f"{name}: temperature must be a positive number, got {temperature!r}")
+        self.temperature = float(temperature)
+        self.prev_model: torch.nn.Module | None = None
+        #: Classes seen so far, by task label.
+        self.prev_classes: dict[int, list[int]] = {}
+        self.experiences = 0
+        self._units: list[tuple[int, torch.Tensor]] = []
+        self._union = torch.zeros(0, dtype=torch.long)
+        self._pending: Mapping[str, torch.Tensor] | None = None
+
+    def current_alpha(self) -> float:
+        """The alpha of the experience being trained (the one after the ``experiences`` already seen)."""
+        if isinstance(self.alpha, list):
+            if self.experiences >= len(self.alpha):
+                raise ValueError(f"{self.name}: alpha has {len(self.alpha)} values, one per experience, but "
+                                 f"experience number {self.experiences + 1} is being trained")
+            return self.alpha[self.experiences]
+        return self.alpha
+
+    def check_stream_length(self, length: int) -> None:
+        """A ValueError naming ``alpha`` when it is a list shorter than a stream of ``length`` experiences."""
+        if isinstance(self.alpha, list) and len(self.alpha) < length:
+            raise ValueError(f"{self.name}: alpha has {len(self.alpha)} values, one per experience, but the stream "
+                             f"has {length} experiences")
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, data: CLDataset | Experience | Iterable[CLDataset]) -> None:
+        """Freeze a copy of ``model`` (trained on ``data``) and add ``data``'s classes to the distilled ones."""
+        datasets = [data] if isinstance(data, (CLDataset, Experience)) else list(data)
+        for d in datasets:
+            dataset = d.dataset if isinstance(d, Experience) else d
+            for task, part in dataset.split_by_task().items():
+                self.prev_classes[task] = sorted(set(self.prev_classes.get(task, [])) | set(part.classes))
+        self.prev_model = copy.deepcopy(model).eval()
+        for p in self.prev_model.parameters():
+            p.requires_grad_(False)
+        self.experiences += 1
+        self._units = []
+
+    def _bind(self, device: torch.device) -> tuple[list[tuple[int, torch.Tensor]], torch.Tensor]:
+        """Past classes as index tensors on ``device``: per task, and all tasks together."""
+        if not self._units or self._units[0][1].device != device:
+            self._units = [(task, torch.tensor(classes, dtype=torch.long, device=device))
+                           for task, classes in sorted(self.prev_classes.items())]
+            self._union = torch.cat([c for _, c in self._units]).unique()
+        return self._units, self._union
+
+    def penalty(self, x: Any, output: torch.Tensor, task_labels: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``alpha *`` the distillation term for minibatch ``x`` (current ``output``); None before any update.
+
+        A model with ``takes_task_labels`` is distilled task by task: the frozen model runs once per past task
+        with that task's label (so it never sees a task it has no head for), each sample counts for its own task.
+        """
+        if self.prev_model is None:
+            return None
+        alpha = self.current_alpha()
+        units, union = self._bind(output.device)
+        if getattr(self.prev_model, "takes_task_labels", False):
+            if task_labels is None:
+                raise ValueError(f"{self.name}: the model takes task labels; pass task_labels to penalty()")
+            total = output.new_zeros(())
+            for task, classes in units:
+                with torch.no_grad():
+                    old = self.prev_model(x, torch.full_like(task_labels, task))
+                mine = (task_labels == task).to(output.dtype)
+                per_sample = distillation_loss(output, old, classes, self.temperature, reduction="none")
+                total = total + (per_sample * mine).sum() / mine.sum().clamp_min(1)
+            return alpha * total
+        with torch.no_grad():
+            old = self.prev_model(x)
+        return alpha * distillation_loss(output, old, union, self.temperature)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"prev_model": None if self.prev_model is None else self.prev_model.state_dict(),
+                "prev_classes": {t: torch.tensor(c, dtype=torch.long) for t, c in self.prev_classes.items()},
+                "experiences": self.experiences}
+
+    def load_state_dict(self, state: Mapping[str, Any], model: torch.nn.Module | None = None) -> None:
+        """Load a checkpoint; ``model`` (the live model, copied) gives the frozen model its structure."""
+        self.prev_classes = {int(t): c.tolist() for t, c in state["prev_classes"].items()}
+        self.experiences = int(state["experiences"])
+        self._units = []
+        self._pending = state["prev_model"]
+        if model is not None:
+            self._materialise(model)
+
+    def _materialise(self, model: torch.nn.Module) -> None:
+        pending = self._pending
+        if pending is None:
+            return
+        self.prev_model = copy.deepcopy(model).eval()
+        self.prev_model.load_state_dict(pending)
+        for p in self.prev_model.parameters():
+            p.requires_grad_(False)
+        self._pending = None
+
+
+class LwF:
+    """Learning without Forgetting: distil the previous model's outputs on the classes seen so far.
+
+    :param alpha: weight of the distillation term, a number or one per experience (a list at least as long as
+        the stream).
+    :param temperature: softmax temperature.
+    """
+
+    name = "lwf"
+
+    def __init__(self, alpha: float | Sequence[float] = 1.0, temperature: float = 2.0) -> None:
+        self.lwf = LearningWithoutForgetting(alpha, temperature, name=self.name)
+
+    @clkernel.hookimpl
+    def before_training_exp(self, state: TrainState) -> None:
+        stream = state.experience.stream  # type: ignore[union-attr]
+        if stream is not None:
+            self.lwf.check_stream_length(len(stream))
+        self.lwf.current_alpha()
+        self.lwf._materialise(state.model)
+
+    @clkernel.hookimpl
+    def loss_terms(self, state: TrainState) -> torch.Tensor | None:
+        return self.lwf.penalty(state.mb_x, state.mb_output, state.mb_task)
+
+    @clkernel.hookimpl
+    def after_training_exp(self, state: TrainState) -> None:
+        self.lwf.update(state.model, state.experience)  # type: ignore[arg-type]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.lwf.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Load a checkpoint; the frozen model is rebuilt from the live model at the next training experience."""
+        self.lwf.load_state_dict(state)

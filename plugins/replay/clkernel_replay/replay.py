@@ -1,0 +1,139 @@
+"""The replay training plugin: every training minibatch gets ``batch_size_mem`` samples of a replay buffer."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+import clkernel
+from clkernel import CLDataset, TrainState
+from clkernel_replay.buffers import StoragePolicy, check_positive_int, make_policy
+from clkernel_replay.selection import _seed
+
+__all__ = ["BufferSampler", "Replay", "restore_from_stream"]
+
+
+class BufferSampler:
+    """Draws minibatches from a buffer, cycling through shuffled passes so every sample comes back equally often.
+
+    With ``task_balanced``, each task label present in the buffer gets its own cycle and an equal part of every
+    minibatch (the first tasks get the remainder). Draws use the batched path of the dataset.
+    """
+
+    def __init__(self, buffer: CLDataset, batch_size: int, *, task_balanced: bool = False,
+                 generator: torch.Generator | None = None) -> None:
+        self.buffer, self.generator = buffer, generator
+        if task_balanced:
+            tasks = buffer.task_labels
+            pools = [(tasks == t).nonzero().flatten() for t in tasks.unique().tolist()]
+        else:
+            pools = [torch.arange(len(buffer))]
+        base, extra = divmod(batch_size, len(pools))
+        self._pools = [(pool, base + (i < extra)) for i, pool in enumerate(pools) if base + (i < extra) > 0]
+        self._orders = [torch.zeros(0, dtype=torch.long) for _ in self._pools]
+
+    def _take(self, i: int, n: int) -> torch.Tensor:
+        pool, order = self._pools[i][0], self._orders[i]
+        while len(order) < n:
+            order = torch.cat([order, pool[torch.randperm(len(pool), generator=self.generator)]])
+        self._orders[i] = order[n:]
+        return order[:n]
+
+    def draw(self) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """One minibatch ``(x, y, t)`` of buffer samples, on the CPU (or wherever the buffer's data lives)."""
+        idx = torch.cat([self._take(i, n) for i, (_, n) in enumerate(self._pools)])
+        return self.buffer.get_batch(idx)
+
+
+def restore_from_stream(policy: StoragePolicy, state: TrainState, who: str) -> None:
+    """Rebuild a buffer loaded from a checkpoint from the experiences of the current experience's stream."""
+    stream = state.experience.stream if state.experience is not None else None
+    if stream is None:
+        raise RuntimeError(f"{who}: the buffer was loaded from a checkpoint and is rebuilt from the stream of the "
+                           f"experience being trained, but that experience belongs to no stream")
+    policy.restore({exp.index: exp.dataset for exp in stream})
+
+
+class Replay:
+    """Experience replay: each training minibatch is the current data plus ``batch_size_mem`` buffer samples;
+    the buffer is updated with the experience's data after each experience.
+
+    :param mem_size: the buffer's size in samples.
+    :param batch_size_mem: buffer samples added to each minibatch (default: the strategy's ``train_mb_size``).
+    :param task_balanced: split those samples evenly over the task labels present in the buffer.
+    :param storage_policy: a :class:`~clkernel_replay.StoragePolicy`, or the name of one (see
+        :data:`~clkernel_replay.buffers.POLICIES`); default ``"experience_balanced"``. A policy object must
+        have ``max_size == mem_size``.
+    :param seed: seeds the buffer's sampling (default: drawn from torch's global generator).
+    """
+
+    name = "replay"
+
+    def __init__(self, mem_size: int = 200, batch_size_mem: int | None = None, task_balanced: bool = False,
+                 storage_policy: str | StoragePolicy = "experience_balanced", seed: int | None = None) -> None:
+        check_positive_int(mem_size, "mem_size", self.name)
+        if batch_size_mem is not None:
+            check_positive_int(batch_size_mem, "batch_size_mem", self.name)
+        if isinstance(storage_policy, str):
+            storage_policy = make_policy(storage_policy, mem_size, seed)
+        elif not isinstance(storage_policy, StoragePolicy):
+            raise TypeError(f"{self.name}: storage_policy must be a policy name or a StoragePolicy, got "
+                            f"{type(storage_policy).__name__}")
+        elif storage_policy.max_size != mem_size:
+            raise ValueError(f"{self.name}: mem_size={mem_size} but storage_policy.max_size="
+                             f"{storage_policy.max_size}; give the same size to both")
+        self.mem_size, self.batch_size_mem, self.task_balanced = mem_size, batch_size_mem, task_balanced
+        self.storage_policy = storage_policy
+        self.generator = torch.Generator().manual_seed(_seed(seed))
+        self._sampler: BufferSampler | None = None
+        self._checked = False
+
+    @property
+    def buffer(self) -> CLDataset | None:
+        """The current buffer (None before the first experience ends)."""
+        return self.storage_policy.buffer
+
+    @clkernel.hookimpl
+    def before_training_exp(self, state: TrainState) -> None:
+        if self.storage_policy._pending:
+            restore_from_stream(self.storage_policy, state, self.name)
+        buffer = self.storage_policy.buffer
+        self._sampler = None if buffer is None else BufferSampler(
+            buffer.train(), self.batch_size_mem or state.train_mb_size, task_balanced=self.task_balanced,
+            generator=self.generator)
+        self._checked = False
+
+    @clkernel.hookimpl
+    def before_training_iteration(self, state: TrainState) -> None:
+        if self._sampler is None:
+            return
+        x, y, t = state.mb  # type: ignore[misc]
+        bx, by, bt = self._sampler.draw()
+        if not self._checked:
+            self._check(x, bx)
+        device = state.device
+        state.mb = (torch.cat([x, bx.to(device, non_blocking=True)]), torch.cat([y, by.to(device, non_blocking=True)]),
+                    torch.cat([t, bt.to(device, non_blocking=True)]))
+
+    def _check(self, x: Any, bx: Any) -> None:
+        if not isinstance(x, torch.Tensor) or not isinstance(bx, torch.Tensor):
+            raise TypeError(f"{self.name}: minibatch inputs must be tensors to be concatenated with buffer samples; "
+                            f"got {type(x).__name__} and {type(bx).__name__}")
+        if x.shape[1:] != bx.shape[1:] or x.dtype != bx.dtype:
+            raise ValueError(f"{self.name}: buffer samples have shape {tuple(bx.shape[1:])} and dtype {bx.dtype}, "
+                             f"but the current minibatch has {tuple(x.shape[1:])} and {x.dtype}")
+        self._checked = True
+
+    @clkernel.hookimpl
+    def after_training_exp(self, state: TrainState) -> None:
+        self.storage_policy.update(state.experience, model=state.model)  # type: ignore[arg-type]
+        self._sampler = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"storage_policy": self.storage_policy.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Load a checkpoint; the buffer is rebuilt from the stream at the next training experience."""
+        self.storage_policy.load_state_dict(state["storage_policy"])
+        self.generator.set_state(state["generator"])
