@@ -34,7 +34,7 @@ class Experience:
         return self.task_labels[0]
 
 
-@define(eq=False)
+@define(eq=False, repr=False)
 class Stream:
     """A named sequence of experiences: iterable, ``len``, indexable, sliceable.
 
@@ -68,13 +68,16 @@ class Stream:
             return Stream(self.name, self.experiences[i])
         return self.experiences[i]
 
+    def __repr__(self) -> str:
+        return f"Stream({self.name!r}, experiences {[e.index for e in self.experiences]})"
+
     @property
     def classes(self) -> list[int]:
         """Every class present in any experience of the stream, sorted."""
         return sorted({c for exp in self.experiences for c in exp.classes})
 
 
-@define(eq=False)
+@define(eq=False, repr=False)
 class Benchmark:
     """Named streams. ``benchmark.train_stream`` is ``benchmark.streams["train"]``, and so for any name."""
 
@@ -92,6 +95,10 @@ class Benchmark:
         if name.endswith("_stream") and name[: -len("_stream")] in streams:
             return streams[name[: -len("_stream")]]
         raise AttributeError(f"benchmark has no attribute {name!r} (streams: {', '.join(streams)})")
+
+    def __repr__(self) -> str:
+        streams = ", ".join(f"{k}: {len(v)} experiences" for k, v in self.streams.items())
+        return f"{type(self).__name__}({self.name!r}; {streams})"
 
     @property
     def num_classes(self) -> int:
