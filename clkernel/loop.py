@@ -222,8 +222,7 @@ class Strategy:
         streams = [as_experiences(s, "eval") for s in (eval_streams or [])]
         s = self.state
         self._prepare()
-        s.metrics = {}
-        s.is_training = True
+        s.metrics, s.is_training, s.stream_name = {}, True, _stream_name(exps[0], "train")
         self._fire("before_training")
         for exp in exps:
             self._train_experience(exp, streams)
@@ -323,7 +322,7 @@ class Strategy:
                  s.metrics)
         if not nested:
             self._prepare()
-        s.is_training, s.metrics = False, {}
+        s.is_training, s.metrics, s.stream_name = False, {}, _stream_name(exps[0], "eval")
         was_training = s.model.training
         s.model.eval()
         c = self._calls

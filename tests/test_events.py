@@ -202,6 +202,10 @@ def test_train_and_eval_return_logged_metrics_and_reach_loggers(make_benchmark):
             state.log_metrics({"iterations": self.n})
 
         @hookimpl
+        def before_eval(self, state):
+            assert state.stream_name == "test"
+
+        @hookimpl
         def after_eval_exp(self, state):
             state.log_metrics({f"seen/{state.stream_name}/{state.experience.index}": len(state.dataset)})
 
