@@ -1,0 +1,435 @@
+"""The Evaluator: a training plugin that runs metric families and hands their values to every logger.
+
+Per minibatch it only keeps references to the (detached) outputs, targets, task labels and loss. Every
+``flush_every`` minibatches (fewer when the outputs are large), and at each epoch or experience end, it
+concatenates them into one :class:`Chunk` that every metric family updates its accumulators from (on the device,
+without synchronising). At each boundary it collects the families' values, resolves every device value with a
+single transfer (:class:`Deferred`), records them in its history and calls ``state.log_metrics``.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, Callable
+
+import torch
+
+import clkernel
+from clkernel import TrainState
+
+from clkernel_metrics.standalone import bincount, predictions, topk_correct
+
+__all__ = ["Chunk", "Deferred", "Evaluator", "PluginMetric", "resolve"]
+
+
+class Deferred:
+    """A value that needs a device tensor: ``fn(tensor on the CPU)`` computes it (a tensor from another device
+    arrives as float64).
+
+    The evaluator resolves all the values of one boundary in one transfer. With ``expand=True``, ``fn`` returns
+    a dict of names to values that replaces this entry.
+    """
+
+    __slots__ = ("tensor", "fn", "expand")
+
+    def __init__(self, tensor: torch.Tensor, fn: Callable[[torch.Tensor], Any], expand: bool = False) -> None:
+        self.tensor, self.fn, self.expand = tensor, fn, expand
+
+
+def resolve(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every :class:`Deferred` computed, transferring the tensors once per device."""
+    deferred = [(k, v) for k, v in values.items() if isinstance(v, Deferred)]
+    if not deferred:
+        return values
+    by_device: dict[torch.device, list[tuple[str, Deferred]]] = {}
+    for key, d in deferred:
+        by_device.setdefault(d.tensor.device, []).append((key, d))
+    done: dict[str, Any] = {}
+    for device, items in by_device.items():
+        if device.type == "cpu":  # nothing to transfer
+            for key, d in items:
+                done[key] = d.fn(d.tensor)
+        else:
+            done.update(_transfer(items))
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Deferred):
+            if value.expand:
+                out.update(done[key] or {})
+            elif done[key] is not None:
+                out[key] = done[key]
+        else:
+            out[key] = value
+    return out
+
+
+def _history_fix(evaluator: Evaluator, name: str, index: int) -> Callable[[torch.Tensor], dict[str, Any]]:
+    def fix(value: torch.Tensor) -> dict[str, Any]:
+        step, _ = evaluator._history[name][index]
+        evaluator._history[name][index] = (step, value.item())
+        return {}
+
+    return fix
+
+
+def _transfer(items: list[tuple[str, Deferred]]) -> dict[str, Any]:
+    """Computes the deferred values of one device with one transfer (one synchronisation) to the CPU."""
+    flat = torch.cat([d.tensor.detach().reshape(-1).to(torch.float64) for _, d in items]).cpu()
+    return {key: d.fn(piece.view(d.tensor.shape))
+            for (key, d), piece in zip(items, flat.split([d.tensor.numel() for _, d in items]))}
+
+
+class _one_thread:
+    """Runs the metric reductions on one intra-op thread: they are small, and waking OpenMP threads for them
+    costs more than it saves (much more when other processes hold the cores)."""
+
+    __slots__ = ("threads",)
+
+    def __enter__(self) -> None:
+        self.threads = torch.get_num_threads()
+        if self.threads > 1:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.threads > 1:
+            torch.set_num_threads(self.threads)
+
+
+class Chunk:
+    """Consecutive minibatches of one phase, concatenated: what metric families update from.
+
+    Derived tensors (predictions, correct flags, loss sums) are computed once, on first use, and shared.
+    """
+
+    def __init__(self, phase: str, output: torch.Tensor, target: torch.Tensor, tasks: list[torch.Tensor],
+                 losses: list[torch.Tensor] | None, sizes: list[int], criterion: Callable[..., Any],
+                 num_tasks: int, num_labels: int = 0) -> None:
+        self.phase, self.output, self.target, self._tasks = phase, output, target, tasks
+        self._losses, self.sizes, self._criterion, self.num_tasks = losses, sizes, criterion, num_tasks
+        self.num_labels = num_labels
+        self.n = int(target.shape[0])
+
+    @cached_property
+    def task(self) -> torch.Tensor:
+        """Task labels of the samples (concatenated on first use)."""
+        return self._tasks[0] if len(self._tasks) == 1 else torch.cat(self._tasks)
+
+    @cached_property
+    def preds(self) -> torch.Tensor:
+        """Predicted labels."""
+        return predictions(self.output, self.target)
+
+    @cached_property
+    def correct(self) -> torch.Tensor:
+        """Per sample, whether the prediction is right."""
+        return self.preds == self.target
+
+    @cached_property
+    def correct_sum(self) -> torch.Tensor:
+        """Number of right predictions (0-d int64, on the device)."""
+        return self.correct.sum()
+
+    @cached_property
+    def loss_sum(self) -> torch.Tensor:
+        """Sum of the per-sample loss: from ``state.loss`` in training, from the criterion in evaluation."""
+        if self._losses is not None and all(x is not None for x in self._losses):
+            losses = self._losses
+            stacked = torch.stack(losses if all(x.dim() == 0 for x in losses) else [x.reshape(()) for x in losses])
+            if len(set(self.sizes)) == 1:
+                return stacked.sum() * self.sizes[0]
+            weights = torch.tensor(self.sizes, dtype=stacked.dtype)
+            if stacked.is_cuda:
+                weights = weights.pin_memory()
+            return (stacked * weights.to(stacked.device, non_blocking=True)).sum()
+        try:
+            loss = self._criterion(self.output, self.target)
+        except (RuntimeError, IndexError, ValueError) as e:
+            raise ValueError(f"loss metric: the criterion cannot compare the model's outputs of shape "
+                             f"{tuple(self.output.shape)} with the targets (up to {self.num_labels} classes in the "
+                             f"data): {e}") from e
+        reduction = getattr(self._criterion, "reduction", "mean")
+        if loss.dim() > 0 or reduction == "none":
+            return loss.sum()
+        return loss if reduction == "sum" else loss * self.n
+
+    def topk_correct_sum(self, k: int) -> torch.Tensor:
+        """Number of samples whose label is among the ``k`` largest outputs."""
+        cache = self.__dict__.setdefault("_topk", {})
+        if k not in cache:
+            cache[k] = topk_correct(self.output, self.target, k).sum()
+        return cache[k]
+
+    @cached_property
+    def num_classes(self) -> int:
+        """Classes of the model's outputs (logits) and of the data's labels; for outputs that are labels, the
+        largest one seen plus one (one synchronisation)."""
+        if self.output.dim() == self.target.dim() + 1:
+            return max(int(self.output.shape[-1]), self.num_labels)
+        return max(int(torch.maximum(self.output.max(), self.target.max())) + 1, self.num_labels)
+
+    @cached_property
+    def class_counts(self) -> torch.Tensor:
+        """``[C, 2]`` counts of wrong and right predictions per class."""
+        c = self.num_classes
+        return bincount(self.target * 2 + self.correct, 2 * c).view(c, 2)
+
+    @cached_property
+    def task_counts(self) -> torch.Tensor:
+        """``[T, 2]`` counts of wrong and right predictions per task label."""
+        return bincount(self.task * 2 + self.correct, 2 * self.num_tasks).view(self.num_tasks, 2)
+
+
+class PluginMetric:
+    """A family of metric values computed inside an :class:`Evaluator`.
+
+    Subclasses set ``uses_outputs`` to receive :class:`Chunk` s through :meth:`update`, ``per_minibatch`` to be
+    called after every training iteration, ``needs_initial_eval`` when they need an evaluation before the first
+    training experience. Event methods return ``{name: value}`` (values may be :class:`Deferred`) or None.
+    """
+
+    uses_outputs = False
+    per_minibatch = False
+    needs_initial_eval = False
+
+    def update(self, chunk: Chunk) -> None:
+        """Accumulate from a chunk of minibatches (only when ``uses_outputs``)."""
+
+    def before_training(self, state: TrainState) -> dict[str, Any] | None: ...
+    def before_training_exp(self, state: TrainState) -> dict[str, Any] | None: ...
+    def before_training_epoch(self, state: TrainState) -> dict[str, Any] | None: ...
+    def after_training_iteration(self, state: TrainState) -> dict[str, Any] | None: ...
+    def after_training_epoch(self, state: TrainState) -> dict[str, Any] | None: ...
+    def after_training_exp(self, state: TrainState) -> dict[str, Any] | None: ...
+    def after_training(self, state: TrainState) -> dict[str, Any] | None: ...
+    def before_eval(self, state: TrainState) -> dict[str, Any] | None: ...
+    def before_eval_exp(self, state: TrainState) -> dict[str, Any] | None: ...
+    def after_eval_exp(self, state: TrainState) -> dict[str, Any] | None: ...
+    def after_eval(self, state: TrainState) -> dict[str, Any] | None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        """Release background resources (threads)."""
+
+
+class Evaluator:
+    """Training plugin running metric families; their values go to every logger through ``log_metrics``.
+
+    :param metrics: :class:`PluginMetric` families (see :mod:`clkernel_metrics.families`).
+    :param flush_every: at most this many minibatches are buffered before the families update (fewer but larger
+        tensor operations)...
+    :param flush_elements: ... and at most this many output elements (bounded memory with large outputs).
+
+    ``all_metrics()`` returns the whole history, ``{name: [(step, value), ...]}``, the step being
+    ``state.iteration``.
+    """
+
+    def __init__(self, *metrics: PluginMetric, name: str = "evaluator", flush_every: int = 256,
+                 flush_elements: int = 2**21) -> None:
+        for m in metrics:
+            if not isinstance(m, PluginMetric):
+                raise TypeError(f"Evaluator takes PluginMetric families (accuracy_metrics(), ...); got "
+                                f"{type(m).__name__}: {m!r}")
+        for option, value in (("flush_every", flush_every), ("flush_elements", flush_elements)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{option} must be a positive integer, got {value!r}")
+        self.flush_elements = flush_elements
+        self.name = name
+        self.metrics = list(metrics)
+        self.flush_every = flush_every
+        self._collect = any(m.uses_outputs for m in self.metrics)
+        self._data = [m for m in self.metrics if m.uses_outputs]
+        self._per_mb = any(m.per_minibatch for m in self.metrics)
+        self._history: dict[str, list[tuple[int, Any]]] = {}
+        self._num_tasks = 1
+        self._num_labels = 0
+        self._unsynced: list[tuple[str, int]] = []
+        self._clear()
+
+    @property
+    def needs_initial_eval(self) -> bool:
+        """True when a family (forward transfer) needs ``strategy.eval(stream)`` before the first experience."""
+        return any(m.needs_initial_eval for m in self.metrics)
+
+    # ------------------------------------------------------------------ history
+
+    def all_metrics(self) -> dict[str, list[tuple[int, Any]]]:
+        """Every value emitted so far: name -> list of (step, value), 0-d tensors turned into floats."""
+        return {k: [(s, float(v) if isinstance(v, torch.Tensor) and v.dim() == 0 else v) for s, v in vs]
+                for k, vs in self._history.items()}
+
+    def last_metrics(self) -> dict[str, Any]:
+        """The last value of every metric emitted so far."""
+        return {k: v[-1][1] for k, v in self.all_metrics().items()}
+
+    def reset_history(self) -> None:
+        """Forget the history."""
+        self._history, self._unsynced = {}, []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.all_metrics(), "metrics": [m.state_dict() for m in self.metrics]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._history = {k: [tuple(x) for x in v] for k, v in state["history"].items()}  # type: ignore[misc]
+        self._unsynced = []
+        for m, s in zip(self.metrics, state["metrics"]):
+            m.load_state_dict(s)
+
+    def close(self) -> None:
+        for m in self.metrics:
+            m.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _clear(self) -> None:
+        self._outputs: list[torch.Tensor] = []
+        self._targets: list[torch.Tensor] = []
+        self._tasks: list[torch.Tensor] = []
+        self._losses: list[torch.Tensor | None] = []
+        self._buffered = 0  # output elements kept
+
+    def _flush(self, state: TrainState, phase: str) -> None:
+        if not self._outputs:
+            return
+        outs, ys, ts = self._outputs, self._targets, self._tasks
+        one = len(outs) == 1
+        chunk = Chunk(phase, outs[0] if one else torch.cat(outs), ys[0] if one else torch.cat(ys),
+                      ts, self._losses if phase == "train" else None,
+                      [int(y.shape[0]) for y in ys], state.criterion, self._num_tasks, self._num_labels)
+        self._clear()
+        with _one_thread():
+            for m in self._data:
+                m.update(chunk)
+
+    def _boundary(self, event: str, state: TrainState) -> None:
+        values: dict[str, Any] = {}
+        for m in self.metrics:
+            out = getattr(m, event)(state)
+            if out:
+                values.update(out)
+        if not values:
+            return
+        per_minibatch = event == "after_training_iteration"
+        if not per_minibatch and self._unsynced:
+            # 0-d tensors emitted per minibatch become floats in the history, in the same transfer
+            for i, (name, index) in enumerate(self._unsynced):
+                values[f"#history{i}"] = Deferred(self._history[name][index][1], _history_fix(self, name, index),
+                                                  expand=True)
+            self._unsynced = []
+        with _one_thread():
+            values = resolve(values)
+        step = state.iteration
+        for k, v in values.items():
+            entries = self._history.setdefault(k, [])
+            if per_minibatch and isinstance(v, torch.Tensor) and v.dim() == 0:
+                self._unsynced.append((k, len(entries)))
+            entries.append((step, v))
+        state.log_metrics(values)
+
+    def _append(self, state: TrainState) -> None:
+        out = state.mb_output
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"metrics need state.mb_output to be a tensor of logits [N, C] or labels [N], got "
+                            f"{type(out).__name__}")
+        mb = state.mb
+        self._buffered += out.numel()
+        self._outputs.append(out.detach() if out.requires_grad else out)  # detach only what holds a graph
+        self._targets.append(mb[1])  # type: ignore[index]
+        self._tasks.append(mb[2])  # type: ignore[index]
+
+    # ------------------------------------------------------------------ training events
+
+    @clkernel.hookimpl
+    def before_training(self, state: TrainState) -> None:
+        self._boundary("before_training", state)
+
+    @clkernel.hookimpl
+    def before_training_exp(self, state: TrainState) -> None:
+        self._boundary("before_training_exp", state)
+
+    def _read_dataset(self, state: TrainState) -> None:
+        """Number of task labels and classes in the experience's data (CPU tensors: no device work)."""
+        exp = state.experience
+        self._num_tasks = max(exp.task_labels, default=0) + 1 if exp is not None else 1
+        self._num_labels = max(exp.classes, default=-1) + 1 if exp is not None else 0
+        if exp is not None and state.dataset is not None and len(state.dataset) == len(exp.dataset):
+            return  # the experience's own data: its classes and task labels are known
+        for attr in ("task_labels", "targets"):
+            values = getattr(state.dataset, attr, None)
+            if isinstance(values, torch.Tensor) and values.device.type == "cpu" and len(values):
+                if attr == "task_labels":
+                    self._num_tasks = int(values.max()) + 1
+                else:
+                    self._num_labels = int(values.max()) + 1
+
+    @clkernel.hookimpl
+    def after_train_dataset_adaptation(self, state: TrainState) -> None:
+        self._read_dataset(state)
+
+    @clkernel.hookimpl
+    def before_training_epoch(self, state: TrainState) -> None:
+        self._clear()
+        self._boundary("before_training_epoch", state)
+
+    @clkernel.hookimpl
+    def after_training_iteration(self, state: TrainState) -> None:
+        if self._collect:
+            self._append(state)
+            loss = state.loss
+            self._losses.append(loss.detach() if loss is not None else None)
+            if self._per_mb or len(self._outputs) >= self.flush_every or self._buffered >= self.flush_elements:
+                self._flush(state, "train")
+        if self._per_mb:
+            self._boundary("after_training_iteration", state)
+
+    @clkernel.hookimpl
+    def after_training_epoch(self, state: TrainState) -> None:
+        self._flush(state, "train")
+        self._boundary("after_training_epoch", state)
+
+    @clkernel.hookimpl
+    def after_training_exp(self, state: TrainState) -> None:
+        self._boundary("after_training_exp", state)
+
+    @clkernel.hookimpl
+    def after_training(self, state: TrainState) -> None:
+        self._boundary("after_training", state)
+
+    # ------------------------------------------------------------------ evaluation events
+
+    @clkernel.hookimpl
+    def before_eval(self, state: TrainState) -> None:
+        self._boundary("before_eval", state)
+
+    @clkernel.hookimpl
+    def before_eval_exp(self, state: TrainState) -> None:
+        self._clear()
+        self._boundary("before_eval_exp", state)
+
+    @clkernel.hookimpl
+    def after_eval_dataset_adaptation(self, state: TrainState) -> None:
+        self._read_dataset(state)
+
+    @clkernel.hookimpl
+    def after_eval_iteration(self, state: TrainState) -> None:
+        if self._collect:
+            self._append(state)
+            if len(self._outputs) >= self.flush_every or self._buffered >= self.flush_elements:
+                self._flush(state, "eval")
+
+    @clkernel.hookimpl
+    def after_eval_exp(self, state: TrainState) -> None:
+        self._flush(state, "eval")
+        self._boundary("after_eval_exp", state)
+
+    @clkernel.hookimpl
+    def after_eval(self, state: TrainState) -> None:
+        self._boundary("after_eval", state)
+
+    def __repr__(self) -> str:
+        return f"Evaluator({', '.join(type(m).__name__ for m in self.metrics)}, name={self.name!r})"
+

@@ -1,0 +1,550 @@
+"""Metric families for the :class:`~clkernel_metrics.Evaluator`: which values, at which granularities.
+
+Granularities (the names follow :mod:`clkernel_metrics.names`):
+
+* ``mb`` (train): the last minibatch; ``running_epoch`` (train): the epoch so far, after every minibatch;
+  ``epoch`` (train): the whole epoch;
+* ``exp`` (eval; for resource metrics also train): one experience; ``stream`` (eval; resource metrics also
+  train): the whole ``eval()`` (or ``train()``) call; ``exp_mean``: the mean of the ``exp`` values of a stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import structlog
+import torch
+
+from clkernel import TrainState
+
+from clkernel_metrics.evaluator import Chunk, Deferred, PluginMetric
+from clkernel_metrics.names import metric_name
+from clkernel_metrics.standalone import (
+    AccuracyMatrix, CPUUsage, DiskUsage, MaxGPUMemory, MaxRAM, Mean, WallTime, add_padded,
+    backward_transfer_per_experience, bincount, class_accuracies, forgetting_per_experience,
+    forward_transfer_per_experience,
+)
+
+__all__ = [
+    "AccuracyMatrixMetrics", "AccuracyMetrics", "ClassAccuracyMetrics", "ConfusionMatrixMetrics", "LossMetrics",
+    "ResourceMetrics", "TopKAccuracyMetrics", "cpu_usage_metrics",
+    "disk_usage_metrics", "gpu_usage_metrics", "ram_usage_metrics", "timing_metrics",
+]
+
+log = structlog.get_logger("clkernel.metrics")
+
+
+def _require_some(what: str, **flags: bool) -> None:
+    if not any(flags.values()):
+        raise ValueError(f"{what}: choose at least one of {', '.join(flags)}")
+
+
+def _exp_index(state: TrainState) -> int:
+    return state.experience.index if state.experience is not None else 0
+
+
+# ---------------------------------------------------------------------------------------------- means
+
+
+class _MeanFamily(PluginMetric):
+    """A sample-weighted mean (accuracy, loss, top-k) at the minibatch, epoch and experience/stream levels."""
+
+    uses_outputs = True
+    quantity = ""
+
+    def __init__(self, *, minibatch: bool = False, running_epoch: bool = False, epoch: bool = True,
+                 experience: bool = True, stream: bool = True, every: int = 1) -> None:
+        _require_some(self.quantity, minibatch=minibatch, running_epoch=running_epoch, epoch=epoch,
+                      experience=experience, stream=stream)
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"{self.quantity}: every must be a positive integer, got {every!r}")
+        self.minibatch, self.running_epoch, self.epoch = minibatch, running_epoch, epoch
+        self.experience, self.stream, self.every = experience, stream, every
+        self.per_minibatch = minibatch or running_epoch
+        self._epoch, self._exp = Mean(), Mean()
+        self._last: tuple[torch.Tensor, int] | None = None
+        self._exps: list[tuple[torch.Tensor, int]] = []
+
+    def numerator(self, chunk: Chunk) -> torch.Tensor:
+        """The sum of the quantity over the chunk's samples."""
+        raise NotImplementedError
+
+    def update(self, chunk: Chunk) -> None:
+        total = self.numerator(chunk)
+        if chunk.phase == "train":
+            self._last = (total, chunk.n)
+            if self.epoch or self.running_epoch:
+                self._epoch.add(total, chunk.n)
+        else:
+            self._exp.add(total, chunk.n)  # the stream's values come from the experiences' totals
+
+    def _name(self, granularity: str, phase: str, state: TrainState, exp: int | None = None) -> str:
+        return metric_name(self.quantity, granularity, phase, state.stream_name, exp=exp)
+
+    def before_training_epoch(self, state: TrainState) -> None:
+        self._epoch.reset()
+        self._last = None
+
+    def after_training_iteration(self, state: TrainState) -> dict[str, Any] | None:
+        if state.iteration % self.every or self._last is None:
+            return None
+        out = {}
+        if self.minibatch:
+            total, n = self._last
+            out[self._name("mb", "train", state)] = total.to(torch.float64) / n  # 0-d tensor: no sync
+        if self.running_epoch:
+            out[self._name("running_epoch", "train", state)] = self._epoch.result_tensor()
+        return out
+
+    def after_training_epoch(self, state: TrainState) -> dict[str, Any] | None:
+        if not self.epoch or self._epoch.count == 0:
+            return None
+        n = self._epoch.count
+        return {self._name("epoch", "train", state): _ratio(self._epoch.total, n)}
+
+    def before_eval(self, state: TrainState) -> None:
+        self._exps = []
+        self._tasks: set[int] = set()
+
+    def before_eval_exp(self, state: TrainState) -> None:
+        self._exp.reset()
+
+    def after_eval_exp(self, state: TrainState) -> dict[str, Any] | None:
+        if self._exp.count == 0:
+            return None
+        total, n = _as_tensor(self._exp.total), self._exp.count
+        self._exps.append((total, n))
+        if state.experience is not None:
+            self._tasks.update(state.experience.task_labels)
+        if self.experience:
+            return {self._name("exp", "eval", state, _exp_index(state)): _ratio(total, n)}
+        return None
+
+    def after_eval(self, state: TrainState) -> dict[str, Any] | None:
+        if not self.stream or not self._exps:
+            return None
+        counts = [n for _, n in self._exps]
+        pooled, mean = self._name("stream", "eval", state), self._name("exp_mean", "eval", state)
+
+        def stream_values(totals: torch.Tensor) -> dict[str, float]:
+            values = totals.tolist()
+            return {pooled: sum(values) / sum(counts),  # every sample weighs the same
+                    mean: sum(v / n for v, n in zip(values, counts)) / len(counts)}  # every experience does
+
+        totals = self._exps[0][0].reshape(1) if len(self._exps) == 1 else torch.stack(
+            [t.reshape(()).to(torch.float64) for t, _ in self._exps])
+        return {f"#{self.quantity}_stream": Deferred(totals, stream_values, expand=True)}
+
+
+def _as_tensor(x: torch.Tensor | float) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.tensor(float(x))
+
+
+def _ratio(total: torch.Tensor | float, n: int) -> Deferred:
+    return Deferred(_as_tensor(total), lambda t: t.item() / n)
+
+
+class AccuracyMetrics(_MeanFamily):
+    """Top-1 accuracy (``acc_*``). With ``per_task``, a stream with several task labels also gets
+    ``acc_stream/eval/STREAM/taskNNN`` for each task."""
+
+    quantity = "acc"
+
+    def __init__(self, *, per_task: bool = True, **granularities: Any) -> None:
+        super().__init__(**granularities)
+        self.per_task = per_task
+        self._task_counts: torch.Tensor | None = None
+        self._exp_task: int | None = 0
+        self._exp_tasks: list[int | None] = []
+
+    def numerator(self, chunk: Chunk) -> torch.Tensor:
+        if chunk.phase == "eval" and self.per_task and self.stream and self._exp_task is None:
+            counts = chunk.task_counts  # an experience with several task labels: counted sample by sample
+            self._task_counts = counts if self._task_counts is None else add_padded(self._task_counts, counts)
+        return chunk.correct_sum
+
+    def before_eval(self, state: TrainState) -> None:
+        super().before_eval(state)
+        self._task_counts = None
+        self._exp_tasks: list[int | None] = []
+
+    def before_eval_exp(self, state: TrainState) -> None:
+        super().before_eval_exp(state)
+        labels = state.experience.task_labels if state.experience is not None else [0]
+        self._exp_task = labels[0] if len(labels) == 1 else None
+
+    def after_eval_exp(self, state: TrainState) -> dict[str, Any] | None:
+        if self._exp.count:
+            self._exp_tasks.append(self._exp_task)
+        return super().after_eval_exp(state)
+
+    def after_eval(self, state: TrainState) -> dict[str, Any] | None:
+        out = super().after_eval(state)
+        if not (out and self.per_task and len(self._tasks) > 1):
+            return out
+        # experiences with one task label count as a whole for it; the others were counted per sample
+        single = [(t, n) for t, (_, n) in zip(self._exp_tasks, self._exps) if t is not None]
+        parts = [total.reshape(()).to(torch.float64) for t, (total, _) in zip(self._exp_tasks, self._exps)
+                 if t is not None]
+        tensor = torch.stack(parts) if parts else torch.zeros(0, dtype=torch.float64)
+        if self._task_counts is not None:
+            tensor = torch.cat([tensor.to(self._task_counts.device), self._task_counts.reshape(-1).to(torch.float64)])
+        stream = state.stream_name
+
+        def per_task(values: torch.Tensor) -> dict[str, float]:
+            right: dict[int, float] = {}
+            seen: dict[int, float] = {}
+            flat = values.tolist()
+            for (t, n), r in zip(single, flat):
+                right[t], seen[t] = right.get(t, 0.0) + r, seen.get(t, 0.0) + n
+            counts = flat[len(single):]
+            for t in range(len(counts) // 2):
+                wrong, r = counts[2 * t], counts[2 * t + 1]
+                right[t], seen[t] = right.get(t, 0.0) + r, seen.get(t, 0.0) + wrong + r
+            return {metric_name("acc", "stream", "eval", stream, task=t): right[t] / seen[t]
+                    for t in sorted(seen) if seen[t] > 0}
+
+        out["#per_task"] = Deferred(tensor, per_task, expand=True)
+        return out
+
+
+class LossMetrics(_MeanFamily):
+    """Mean loss per sample (``loss_*``): ``state.loss`` in training (with every plugin's loss terms), the
+    criterion on the model's outputs in evaluation."""
+
+    quantity = "loss"
+
+    def numerator(self, chunk: Chunk) -> torch.Tensor:
+        return chunk.loss_sum
+
+
+class TopKAccuracyMetrics(_MeanFamily):
+    """Top-k accuracy (``topK_acc_*``, e.g. ``top5_acc_exp/eval/test/exp000``)."""
+
+    def __init__(self, k: int = 5, **granularities: Any) -> None:
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"top-k accuracy: k must be a positive integer, got {k!r}")
+        self.k = k
+        self.quantity = f"top{k}_acc"
+        super().__init__(**granularities)
+
+    def numerator(self, chunk: Chunk) -> torch.Tensor:
+        return chunk.topk_correct_sum(self.k)
+
+
+# ---------------------------------------------------------------------------------------------- per class
+
+
+class ClassAccuracyMetrics(PluginMetric):
+    """Accuracy of each class (``class_acc_*/.../classNNN``), for the classes present."""
+
+    uses_outputs = True
+
+    def __init__(self, *, epoch: bool = False, experience: bool = True, stream: bool = True) -> None:
+        _require_some("class accuracy", epoch=epoch, experience=experience, stream=stream)
+        self.epoch, self.experience, self.stream = epoch, experience, stream
+        self._counts: dict[str, torch.Tensor | None] = {"epoch": None, "exp": None, "stream": None}
+
+    def update(self, chunk: Chunk) -> None:
+        counts = chunk.class_counts
+        for key in (("epoch",) if chunk.phase == "train" else ("exp", "stream")):
+            old = self._counts[key]
+            self._counts[key] = counts if old is None else add_padded(old, counts)
+
+    def _emit(self, key: str, phase: str, state: TrainState, exp: int | None = None) -> dict[str, Any] | None:
+        counts = self._counts[key]
+        if counts is None:
+            return None
+        stream = state.stream_name
+
+        def expand(c: torch.Tensor) -> dict[str, float]:
+            return {metric_name("class_acc", key, phase, stream, exp=exp, cls=k): v
+                    for k, v in class_accuracies(c).items()}
+
+        return {f"#class_acc_{key}": Deferred(counts, expand, expand=True)}
+
+    def before_training_epoch(self, state: TrainState) -> None:
+        self._counts["epoch"] = None
+
+    def after_training_epoch(self, state: TrainState) -> dict[str, Any] | None:
+        return self._emit("epoch", "train", state) if self.epoch else None
+
+    def before_eval(self, state: TrainState) -> None:
+        self._counts["stream"] = None
+
+    def before_eval_exp(self, state: TrainState) -> None:
+        self._counts["exp"] = None
+
+    def after_eval_exp(self, state: TrainState) -> dict[str, Any] | None:
+        return self._emit("exp", "eval", state, _exp_index(state)) if self.experience else None
+
+    def after_eval(self, state: TrainState) -> dict[str, Any] | None:
+        return self._emit("stream", "eval", state) if self.stream else None
+
+
+class ConfusionMatrixMetrics(PluginMetric):
+    """Confusion matrix in evaluation (``confusion_matrix_stream/eval/STREAM``): a 2-D int64 tensor whose
+    ``[i, j]`` counts samples of class i predicted as j; ``num_classes`` fixes its size (else the model's
+    number of outputs)."""
+
+    uses_outputs = True
+
+    def __init__(self, num_classes: int | None = None, *, experience: bool = False, stream: bool = True) -> None:
+        _require_some("confusion matrix", experience=experience, stream=stream)
+        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+            raise ValueError(f"confusion matrix: num_classes must be a positive integer, got {num_classes!r}")
+        self.num_classes, self.experience, self.stream = num_classes, experience, stream
+        self._exp: torch.Tensor | None = None
+        self._stream: torch.Tensor | None = None
+
+    def update(self, chunk: Chunk) -> None:
+        if chunk.phase != "eval":
+            return
+        size = max(self.num_classes or 0, chunk.num_classes)
+        counts = bincount(chunk.target * size + chunk.preds, size * size).view(size, size)
+        self._exp = counts if self._exp is None else add_padded(self._exp, counts)
+        if self.stream:
+            self._stream = counts if self._stream is None else add_padded(self._stream, counts)
+
+    def before_eval(self, state: TrainState) -> None:
+        self._stream = None
+
+    def before_eval_exp(self, state: TrainState) -> None:
+        self._exp = None
+
+    def after_eval_exp(self, state: TrainState) -> dict[str, Any] | None:
+        if not self.experience or self._exp is None:
+            return None
+        name = metric_name("confusion_matrix", "exp", "eval", state.stream_name, exp=_exp_index(state))
+        return {name: Deferred(self._exp, lambda t: t.long())}
+
+    def after_eval(self, state: TrainState) -> dict[str, Any] | None:
+        if not self.stream or self._stream is None:
+            return None
+        return {metric_name("confusion_matrix", "stream", "eval", state.stream_name):
+                Deferred(self._stream, lambda t: t.long())}
+
+
+# ---------------------------------------------------------------------------------------------- accuracy matrix
+
+
+class AccuracyMatrixMetrics(PluginMetric):
+    """The accuracy matrix and what derives from it: forgetting, backward and forward transfer.
+
+    At the end of every ``eval()`` call that follows a training experience ``i`` (not a periodic evaluation in
+    the middle of one), the accuracy on each evaluated experience ``j`` becomes ``R[i, j]`` of that stream; an
+    ``eval()`` before any training records ``b[j]``. Emits, per stream (``experience`` / ``stream`` choose the
+    per-experience values and their means):
+
+    * ``accuracy_matrix_stream/eval/STREAM``: ``R`` as a 2-D float64 tensor, NaN where unknown (``matrix``);
+    * ``forgetting_exp/.../expJJJ`` and ``forgetting_stream``: Chaudhry et al. (2018) (``forgetting``);
+    * ``bwt_exp`` and ``bwt_stream``: Lopez-Paz & Ranzato (2017) (``bwt``);
+    * ``fwt_exp/.../expIII`` = ``R[i-1, i] - b[i]`` and ``fwt_stream`` (``fwt``; needs the evaluation before
+      training, hence ``needs_initial_eval``).
+
+    Experience j of the evaluated stream is assumed to be the one trained as training experience j (as in every
+    benchmark whose train and test streams are split the same way).
+    """
+
+    uses_outputs = True
+
+    def __init__(self, *, matrix: bool = True, forgetting: bool = False, bwt: bool = False, fwt: bool = False,
+                 experience: bool = True, stream: bool = True) -> None:
+        _require_some("accuracy matrix metrics", matrix=matrix, forgetting=forgetting, bwt=bwt, fwt=fwt)
+        if (forgetting or bwt or fwt):
+            _require_some("forgetting/bwt/fwt", experience=experience, stream=stream)
+        self.matrix, self.forgetting, self.bwt, self.fwt = matrix, forgetting, bwt, fwt
+        self.experience, self.stream = experience, stream
+        self.needs_initial_eval = fwt
+        self.matrices: dict[str, AccuracyMatrix] = {}
+        self._trained: int | None = None
+        self._in_experience = False
+        self._current = Mean()
+        self._pending: list[tuple[int, torch.Tensor, int]] = []
+        self._warned = False
+
+    def update(self, chunk: Chunk) -> None:
+        if chunk.phase == "eval":
+            self._current.add(chunk.correct_sum, chunk.n)
+
+    def before_training_exp(self, state: TrainState) -> None:
+        self._in_experience = True
+
+    def after_training_exp(self, state: TrainState) -> None:
+        self._in_experience = False
+        self._trained = _exp_index(state)
+
+    def before_eval(self, state: TrainState) -> None:
+        self._pending = []
+
+    def before_eval_exp(self, state: TrainState) -> None:
+        self._current.reset()
+
+    def after_eval_exp(self, state: TrainState) -> None:
+        if self._current.count:
+            self._pending.append((_exp_index(state), _as_tensor(self._current.total), self._current.count))
+
+    def after_eval(self, state: TrainState) -> dict[str, Any] | None:
+        if self._in_experience or not self._pending:
+            return None  # a periodic evaluation inside a training experience: not a row of R
+        pending, trained, stream = self._pending, self._trained, state.stream_name
+        self._pending = []
+        tensor = torch.stack([t.reshape(()).to(torch.float64) for _, t, _ in pending])
+
+        def record(values: torch.Tensor) -> dict[str, Any]:
+            acc = self.matrices.setdefault(stream, AccuracyMatrix())
+            for (j, _, n), v in zip(pending, values.tolist()):
+                acc.update(trained, j, v / n)
+            return {} if trained is None else self._values(stream)
+
+        return {"#accuracy_matrix": Deferred(tensor, record, expand=True)}
+
+    def _values(self, stream: str) -> dict[str, Any]:
+        acc = self.matrices[stream]
+        matrix = acc.result()
+        out: dict[str, Any] = {}
+        if self.matrix:
+            out[metric_name("accuracy_matrix", "stream", "eval", stream)] = matrix
+        for quantity, wanted, per in (
+                ("forgetting", self.forgetting, lambda: forgetting_per_experience(matrix)),
+                ("bwt", self.bwt, lambda: backward_transfer_per_experience(matrix)),
+                ("fwt", self.fwt, lambda: forward_transfer_per_experience(matrix, acc.initial()))):
+            if not wanted:
+                continue
+            values = per()
+            if quantity == "fwt" and len(acc.initial()) == 0 and not self._warned:
+                self._warned = True
+                log.warning("fwt_needs_initial_eval", stream=stream,
+                            hint="forward transfer needs strategy.eval(stream) before the first training "
+                                 "experience (clkernel run does it when a metric has needs_initial_eval)")
+            if self.experience:
+                out.update({metric_name(quantity, "exp", "eval", stream, exp=j): v for j, v in values.items()})
+            if self.stream and values:
+                out[metric_name(quantity, "stream", "eval", stream)] = sum(values.values()) / len(values)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"matrices": {k: m.state_dict() for k, m in self.matrices.items()},
+                "trained": -1 if self._trained is None else self._trained}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.matrices = {}
+        for k, s in state["matrices"].items():
+            self.matrices[k] = AccuracyMatrix()
+            self.matrices[k].load_state_dict(s)
+        self._trained = None if state["trained"] < 0 else int(state["trained"])
+
+
+# ---------------------------------------------------------------------------------------------- resources
+
+
+class ResourceMetrics(PluginMetric):
+    """Resource measurements over periods: epochs (train), experiences and streams (train and eval).
+
+    ``make(state)`` builds the standalone meter (``reset / update / result``) for one period; it returns None when
+    the measurement does not apply (GPU memory without CUDA).
+    """
+
+    def __init__(self, quantity: str, make: Callable[[TrainState], Any], *, epoch: bool = True,
+                 experience: bool = True, stream: bool = True) -> None:
+        _require_some(quantity, epoch=epoch, experience=experience, stream=stream)
+        self.quantity, self.make = quantity, make
+        self.epoch, self.experience, self.stream = epoch, experience, stream
+        self._meters: dict[tuple[str, str], Any] = {}
+
+    def _start(self, granularity: str, phase: str, state: TrainState, wanted: bool) -> None:
+        if not wanted:
+            return
+        key = (granularity, phase)
+        if key not in self._meters:
+            self._meters[key] = self.make(state)
+        if self._meters[key] is not None:
+            self._meters[key].reset()
+
+    def _end(self, granularity: str, phase: str, state: TrainState, wanted: bool) -> dict[str, Any] | None:
+        meter = self._meters.get((granularity, phase)) if wanted else None
+        if meter is None:
+            return None
+        meter.update()
+        exp = _exp_index(state) if granularity == "exp" else None
+        return {metric_name(self.quantity, granularity, phase, state.stream_name, exp=exp): meter.result()}
+
+    def before_training(self, state: TrainState) -> None:
+        self._start("stream", "train", state, self.stream)
+
+    def before_training_exp(self, state: TrainState) -> None:
+        self._start("exp", "train", state, self.experience)
+
+    def before_training_epoch(self, state: TrainState) -> None:
+        self._start("epoch", "train", state, self.epoch)
+
+    def after_training_epoch(self, state: TrainState) -> dict[str, Any] | None:
+        return self._end("epoch", "train", state, self.epoch)
+
+    def after_training_exp(self, state: TrainState) -> dict[str, Any] | None:
+        return self._end("exp", "train", state, self.experience)
+
+    def after_training(self, state: TrainState) -> dict[str, Any] | None:
+        return self._end("stream", "train", state, self.stream)
+
+    def before_eval(self, state: TrainState) -> None:
+        self._start("stream", "eval", state, self.stream)
+
+    def before_eval_exp(self, state: TrainState) -> None:
+        self._start("exp", "eval", state, self.experience)
+
+    def after_eval_exp(self, state: TrainState) -> dict[str, Any] | None:
+        return self._end("exp", "eval", state, self.experience)
+
+    def after_eval(self, state: TrainState) -> dict[str, Any] | None:
+        return self._end("stream", "eval", state, self.stream)
+
+    def close(self) -> None:
+        for meter in self._meters.values():
+            if meter is not None and hasattr(meter, "close"):
+                meter.close()
+
+
+def timing_metrics(*, epoch: bool = True, experience: bool = True, stream: bool = True) -> ResourceMetrics:
+    """Wall-clock seconds (``time_*``); on CUDA each reading waits for the queued work."""
+    return ResourceMetrics("time", lambda s: WallTime(s.device), epoch=epoch, experience=experience, stream=stream)
+
+
+def cpu_usage_metrics(*, epoch: bool = True, experience: bool = True, stream: bool = True) -> ResourceMetrics:
+    """Average CPU usage of the process in percent of one core (``cpu_usage_*``)."""
+    return ResourceMetrics("cpu_usage", lambda s: CPUUsage(s.device), epoch=epoch, experience=experience,
+                           stream=stream)
+
+
+def ram_usage_metrics(every: float = 0.5, *, epoch: bool = True, experience: bool = True,
+                      stream: bool = True) -> ResourceMetrics:
+    """Peak resident memory of the process in MiB (``max_ram_*``), sampled every ``every`` seconds."""
+    if isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0:
+        raise ValueError(f"max RAM: every must be a positive number of seconds, got {every!r}")
+    return ResourceMetrics("max_ram", lambda s: MaxRAM(every), epoch=epoch, experience=experience, stream=stream)
+
+
+def gpu_usage_metrics(*, epoch: bool = True, experience: bool = True, stream: bool = True) -> ResourceMetrics:
+    """Peak GPU memory allocated by tensors, in MiB (``max_gpu_*``); nothing when the device is not CUDA."""
+    warned: list[bool] = []
+
+    def make(state: TrainState) -> MaxGPUMemory | None:
+        if state.device.type != "cuda":
+            if not warned:
+                warned.append(True)
+                log.warning("gpu_metric_without_cuda", device=str(state.device),
+                            hint="max GPU memory is only measured when the strategy runs on CUDA")
+            return None
+        return MaxGPUMemory(state.device)
+
+    return ResourceMetrics("max_gpu", make, epoch=epoch, experience=experience, stream=stream)
+
+
+def disk_usage_metrics(paths: Iterable[Any], *, epoch: bool = False, experience: bool = True,
+                       stream: bool = True) -> ResourceMetrics:
+    """Total size in MiB of the files under ``paths`` (``disk_usage_*``), measured at each period's end."""
+    paths = list(paths)
+    DiskUsage(paths)  # validates now
+    return ResourceMetrics("disk_usage", lambda s: DiskUsage(paths), epoch=epoch, experience=experience,
+                           stream=stream)
+
