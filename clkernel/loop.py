@@ -161,15 +161,15 @@ class Strategy:
         traced = self.plugin_manager._inner_hookexec is not pluggy._callers._multicall
         if traced or any(i.hookwrapper or i.wrapper for i in impls):
             return lambda state: caller(state=state)
-        fns = tuple((i.plugin_name, i.function if i.argnames else (lambda s, f=i.function: f()))
-                    for i in reversed(impls))
+        ordered = tuple(reversed(impls))
+        fns = tuple(i.function if i.argnames else (lambda s, f=i.function: f()) for i in ordered)
 
         def call(state: TrainState) -> None:
-            for name, fn in fns:
+            for fn in fns:
                 try:
                     fn(state)
                 except Exception as e:
-                    raise PluginError(name, event, e) from e
+                    raise PluginError(ordered[fns.index(fn)].plugin_name, event, e) from e
 
         return call
 
