@@ -184,8 +184,8 @@ class Strategy:
             call(self.state)
 
     def _emit_metrics(self, state: TrainState, values: dict[str, Any]) -> None:
+        kwargs = {"state": state, "values": values}
         for impl in reversed(self.plugin_manager.hook.log_metrics.get_hookimpls()):
-            kwargs = {"state": state, "values": values}
             try:
                 impl.function(*(kwargs[a] for a in impl.argnames))
             except Exception as e:
