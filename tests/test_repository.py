@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -68,3 +69,18 @@ def test_kernel_stays_small_and_free_of_torchvision():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
     assert clkernel.__version__ == meta["project"]["version"]
+
+
+def test_main_job_runs_on_the_embedded_default_benchmark(tmp_path):
+    """`clkernel run` with no component named: split-digits, simple-mlp, default metrics, interactive + report."""
+    result = subprocess.run([sys.executable, "-m", "clkernel.cli", "--log-format", "json", "run", "--output",
+                             str(tmp_path / "run")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    start = next(json.loads(line) for line in result.stderr.splitlines() if '"run_start"' in line)
+    assert set(start["components"]) >= {"benchmark:split-digits", "model:simple-mlp", "metric:default",
+                                        "logger:report"}
+    report = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert 0.0 <= report["final_metrics"]["acc_stream/eval/test"] <= 1.0
+    assert all((tmp_path / "run" / name).stat().st_size > 0 for name in
+               ("accuracy_matrix_test.png", "accuracy_curves_test.png"))
+    assert str(tmp_path / "run" / "results.json") in result.stdout
