@@ -3,7 +3,8 @@
 One intra-op thread: the suite runs test after test on a 2-core machine, where a second OpenMP thread only
 competes with the first (small tensor ops ran up to 100x slower with two threads under load).
 
-The ``blobs`` fixture gives small class-incremental data and models built from tensors, with no plugin needed.
+The ``blobs`` fixture gives small class-incremental data and models built from tensors, with no plugin needed;
+the ``accuracy`` fixture is a plugin recording the accuracy of every evaluated experience.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class Probe:
         self.iterations.append(self._its)
 
 
-def accuracy(model: torch.nn.Module, stream: Stream) -> list[float]:
+def stream_accuracy(model: torch.nn.Module, stream: Stream) -> list[float]:
     """Accuracy on each experience of ``stream``."""
     out = []
     with torch.no_grad():
@@ -107,5 +108,37 @@ def blobs() -> Any:
     import types
 
     return types.SimpleNamespace(make_blobs=make_blobs, make_benchmark=make_benchmark, make_model=make_model,
-                                 Probe=Probe, accuracy=accuracy)
+                                 Probe=Probe, accuracy=stream_accuracy)
 
+
+class Accuracy:
+    """Accuracy per evaluated experience (``results[exp.index]``), and the evaluated outputs (``outputs``)."""
+
+    name = "test-accuracy"
+
+    def __init__(self) -> None:
+        self.results: dict[int, float] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        self._correct: torch.Tensor | None = None
+        self._seen = 0
+        self._out: list[torch.Tensor] = []
+
+    @clkernel.hookimpl
+    def before_eval_exp(self, state: Any) -> None:
+        self._correct, self._seen, self._out = torch.zeros((), dtype=torch.long), 0, []
+
+    @clkernel.hookimpl
+    def after_eval_iteration(self, state: Any) -> None:
+        self._correct += (state.mb_output.argmax(1) == state.mb_y).sum().cpu()
+        self._seen += len(state.mb_y)
+        self._out.append(state.mb_output.detach().cpu())
+
+    @clkernel.hookimpl
+    def after_eval_exp(self, state: Any) -> None:
+        self.results[state.experience.index] = int(self._correct) / self._seen
+        self.outputs[state.experience.index] = torch.cat(self._out)
+
+
+@pytest.fixture
+def accuracy() -> Accuracy:
+    return Accuracy()

@@ -8,7 +8,6 @@ from typing import Any, Callable
 import pytest
 import torch
 
-import clkernel
 from clkernel import Benchmark, CLDataset, Experience, Stream
 
 
@@ -39,39 +38,6 @@ def make_benchmark() -> Callable[..., Benchmark]:
         return _benchmark(n_exp, classes_per_exp, shape, per_class, task_labels, seed)
 
     return make
-
-
-class Accuracy:
-    """Accuracy per evaluated experience (``results[exp.index]``), and the evaluated outputs (``outputs``)."""
-
-    name = "test-accuracy"
-
-    def __init__(self) -> None:
-        self.results: dict[int, float] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
-        self._correct: torch.Tensor | None = None
-        self._seen = 0
-        self._out: list[torch.Tensor] = []
-
-    @clkernel.hookimpl
-    def before_eval_exp(self, state: Any) -> None:
-        self._correct, self._seen, self._out = torch.zeros((), dtype=torch.long), 0, []
-
-    @clkernel.hookimpl
-    def after_eval_iteration(self, state: Any) -> None:
-        self._correct += (state.mb_output.argmax(1) == state.mb_y).sum().cpu()
-        self._seen += len(state.mb_y)
-        self._out.append(state.mb_output.detach().cpu())
-
-    @clkernel.hookimpl
-    def after_eval_exp(self, state: Any) -> None:
-        self.results[state.experience.index] = int(self._correct) / self._seen
-        self.outputs[state.experience.index] = torch.cat(self._out)
-
-
-@pytest.fixture
-def accuracy() -> Accuracy:
-    return Accuracy()
 
 
 @pytest.fixture

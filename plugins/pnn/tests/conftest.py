@@ -5,12 +5,11 @@ from __future__ import annotations
 import csv
 import gzip
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 import torch
 
-import clkernel
 from clkernel import Benchmark, CLDataset, Experience, Stream
 
 DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
@@ -60,33 +59,3 @@ def clusters() -> Callable[..., Benchmark]:
         return _task_streams(x, y, 0.5, seed)
 
     return make
-
-
-class Accuracy:
-    """Accuracy per evaluated experience (``results[exp.index]``), and the evaluated outputs (``outputs``)."""
-
-    name = "test-accuracy"
-
-    def __init__(self) -> None:
-        self.results: dict[int, float] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
-
-    @clkernel.hookimpl
-    def before_eval_exp(self, state: Any) -> None:
-        self._correct, self._seen, self._out = torch.zeros((), dtype=torch.long), 0, []
-
-    @clkernel.hookimpl
-    def after_eval_iteration(self, state: Any) -> None:
-        self._correct += (state.mb_output.argmax(1) == state.mb_y).sum().cpu()
-        self._seen += len(state.mb_y)
-        self._out.append(state.mb_output.detach().cpu())
-
-    @clkernel.hookimpl
-    def after_eval_exp(self, state: Any) -> None:
-        self.results[state.experience.index] = int(self._correct) / self._seen
-        self.outputs[state.experience.index] = torch.cat(self._out)
-
-
-@pytest.fixture
-def accuracy() -> Accuracy:
-    return Accuracy()
