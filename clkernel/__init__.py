@@ -1,16 +1,26 @@
-"""clkernel: a tiny continual-learning kernel for PyTorch; every method, metric, logger and benchmark is a plugin."""
+"""clkernel: a tiny continual-learning kernel for PyTorch; every method, metric, logger and benchmark is a plugin.
 
-from clkernel.data import CLDataset, iterate_minibatches
-from clkernel.discovery import RegistryError, available, load, registry
-from clkernel.hookspecs import hookimpl
-from clkernel.loop import CompositionError, DynamicModule, Naive, PluginError, Strategy, update_optimizer
-from clkernel.state import TrainState
-from clkernel.types import Benchmark, Experience, Stream
+Names are imported on first use (``lazy_loader``), so ``import clkernel`` and the ``clkernel`` command's listing
+subcommands do not import torch.
+"""
 
-__version__ = "0.1.0"
+import lazy_loader
 
-__all__ = [
-    "Benchmark", "CLDataset", "CompositionError", "DynamicModule", "Experience", "Naive", "PluginError",
-    "RegistryError", "Strategy", "Stream", "TrainState", "__version__", "available", "hookimpl",
-    "iterate_minibatches", "load", "registry", "update_optimizer",
-]
+__version__ = "0.2.0"
+
+_EXPORTS = {
+    "data": ["CLDataset", "iterate_minibatches"],
+    "discovery": ["RegistryError", "available", "load", "registry"],
+    "dispatch": ["CompositionError", "PluginError"],
+    "hookspecs": ["hookimpl"],
+    "loop": ["Naive", "Strategy", "run"],
+    "modules": ["DynamicModule", "adapt_model", "model_forward", "update_optimizer"],
+    "names": ["MetricName", "metric_name", "parse_metric_name"],
+    "state": ["TrainState"],
+    "types": ["Benchmark", "Experience", "Stream"],
+}
+
+__getattr__, __dir__, _lazy_all = lazy_loader.attach(
+    __name__, submodules=["names", "testing", "validate"], submod_attrs=_EXPORTS)
+
+__all__ = sorted([*_lazy_all, "__version__"])

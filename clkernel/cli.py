@@ -7,7 +7,6 @@ Exit codes: 0 done, 2 usage error (bad name, option or value: the message names 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -18,13 +17,13 @@ import tomllib
 from pathlib import Path
 from typing import Any, Sequence
 
-import structlog
-
 from clkernel.discovery import KINDS, RegistryError, parse_options, registry
-from clkernel.hookspecs import EVENTS, FREQUENCY, TrainingEvents
-from clkernel.log import configure_logging
+from clkernel.hookspecs import (
+    EVENTS, REGISTRATION_HOOKS, SPEC, RegistrationHooks, TrainingEvents, spec_arguments, spec_summary,
+)
+from clkernel.log import configure_logging, get_logger
 
-log = structlog.get_logger("clkernel")
+log = get_logger("clkernel")
 
 #: Factory parameters that ``clkernel run`` fills from the run when the user does not set them.
 CONTEXT_PARAMETERS = ("num_classes", "input_size", "input_shape", "in_channels", "run_dir", "config", "benchmark",
@@ -60,12 +59,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def _hook_rows() -> list[dict[str, Any]]:
     rows = []
     for name in EVENTS:
-        spec = getattr(TrainingEvents, name)
-        doc = inspect.getdoc(spec) or ""
-        rows.append({"name": name, "arguments": [a for a in inspect.signature(spec).parameters if a != "self"],
-                     "frequency": FREQUENCY[name], "summary": " ".join(doc.split("\n\n")[0].split()),
-                     "result": "collected and summed into the loss" if "All results are collected" in doc
-                     else "ignored"})
+        event = SPEC[name]
+        rows.append({"name": name, "kind": "training event", "arguments": spec_arguments(TrainingEvents, name),
+                     "frequency": event.frequency, "ranks": "rank 0" if event.rank_zero else "every rank",
+                     "result": event.result or "ignored", "summary": spec_summary(TrainingEvents, name)})
+    for name in REGISTRATION_HOOKS:
+        rows.append({"name": name, "kind": "registration hook",
+                     "arguments": spec_arguments(RegistrationHooks, name),
+                     "frequency": "once per entry point, when the registry is built", "ranks": "every rank",
+                     "result": "ignored", "summary": spec_summary(RegistrationHooks, name)})
     return rows
 
 
@@ -74,9 +76,13 @@ def cmd_hooks(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    kind = None
     for r in rows:
-        print(f"{r['name']}({', '.join(r['arguments'])})  [{r['frequency']}; result {r['result']}]")
-        print(f"    {r['summary']}")
+        if r["kind"] != kind:
+            kind = r["kind"]
+            print(f"{kind}s:" if kind == "training event" else f"\n{kind}s:")
+        print(f"  {r['name']}({', '.join(r['arguments'])})  [{r['frequency']}; {r['ranks']}; result {r['result']}]")
+        print(f"      {r['summary']}")
     return 0
 
 
@@ -192,7 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     import clkernel
-    from clkernel.loop import Strategy
+    from clkernel.loop import Strategy, run
 
     config = _resolve_config(args)
     config["benchmark"] = _default("benchmark", config["benchmark"])
@@ -224,28 +230,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
     strategy = Strategy(model, optimizer, torch.nn.CrossEntropyLoss(), plugins=[*plugins, *metrics, *loggers],
                         train_mb_size=config["mb_size"], train_epochs=config["epochs"],
-                        eval_mb_size=config["eval_mb_size"], device=device)
+                        eval_mb_size=config["eval_mb_size"], device=device, eval_every=0)
     log.info("run_start", kernel=clkernel.__version__, components=used, seed=config["seed"], device=str(device),
              run_dir=str(run_dir))
-    results: dict[str, Any] = {}
-    try:
-        if any(getattr(m, "needs_initial_eval", False) for m in metrics):
-            strategy.eval(benchmark.test_stream)
-        for exp in benchmark.train_stream:
-            strategy.train(exp)
-            results = strategy.eval(benchmark.test_stream)
-    finally:
-        for plugin in strategy.plugins:
-            if callable(getattr(plugin, "close", None)):
-                plugin.close()
+    results = run(strategy, benchmark, eval_streams=("test",))
+    files = strategy.close()
     summary = {k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v) for k, v in results.items()
                if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)}
     log.info("run_end", run_dir=str(run_dir), results=summary)
     print(f"run finished; results in {run_dir}")
-    for plugin in strategy.plugins:
-        files = getattr(plugin, "files", None)
-        for path in (files() if callable(files) else files or []):
-            print(f"  {path}")
+    for path in files:
+        print(f"  {path}")
     return 0
 
 

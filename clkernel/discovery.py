@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import importlib_metadata
 import pluggy
-import structlog
+from clkernel.log import get_logger
 from attrs import define, field, frozen
 
 from clkernel.hookspecs import PROJECT, RegistrationHooks
@@ -30,7 +30,7 @@ KINDS = {"benchmark": "register_benchmarks", "model": "register_models", "plugin
          "metric": "register_metrics", "logger": "register_loggers"}
 DISABLE_VARIABLE = "CLKERNEL_DISABLE_PLUGINS"
 
-log = structlog.get_logger("clkernel")
+log = get_logger("clkernel")
 
 
 class RegistryError(LookupError):

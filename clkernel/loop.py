@@ -1,94 +1,51 @@
-"""The training and evaluation loop that fires the events of :mod:`clkernel.hookspecs`.
+"""The training and evaluation loop: the pseudocode at the top of :mod:`clkernel.hookspecs`, in Python.
 
-Plugins are plain objects whose methods are marked with :data:`clkernel.hookimpl`. They are called in the order
-the user lists them (pluggy calls the last registered first, so the loop registers them in reverse). Per-iteration
-events go through tuples of bound functions built once per ``train()`` / ``eval()`` call from pluggy's own
-ordering; an event nobody implements is skipped outright.
+Composition and dispatch live in :mod:`clkernel.dispatch`; this module only fires events in order. Per-iteration
+events go through callables built once per ``train()`` / ``eval()`` call; an event nobody implements is skipped.
 """
 
 from __future__ import annotations
 
-import difflib
-from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
-import pluggy
-import structlog
+from clkernel.log import get_logger
 import torch
 
 from clkernel.data import iterate_minibatches
-from clkernel.hookspecs import EVENTS, PROJECT, TrainingEvents
-from clkernel.log import configure_logging
+from clkernel.dispatch import Dispatcher, PluginError, compose
+from clkernel.modules import adapt_model, model_forward
 from clkernel.state import TrainState
-from clkernel.types import Experience, as_experiences
+from clkernel.types import Benchmark, Experience, Stream, as_experiences
+from clkernel.validate import positive_int
 
-__all__ = ["CompositionError", "DynamicModule", "Naive", "PluginError", "Strategy", "update_optimizer"]
+__all__ = ["Naive", "Strategy", "run"]
 
-log = structlog.get_logger("clkernel")
-
-
-@runtime_checkable
-class DynamicModule(Protocol):
-    """A module that changes its structure for each experience (new heads, new units, new columns).
-
-    The loop calls ``adaptation(experience)`` on every submodule that has it, before each training and each
-    evaluation experience (``module.training`` tells which), then :func:`update_optimizer`. Adaptation must be
-    idempotent: a second call for the same experience changes nothing.
-
-    A model whose ``forward`` needs the task labels sets the class attribute ``takes_task_labels = True``: the
-    loop then calls ``model(x, t)`` instead of ``model(x)``.
-    """
-
-    def adaptation(self, experience: Experience) -> None: ...
-
-
-class PluginError(RuntimeError):
-    """An exception raised inside a plugin, with the plugin and the event that were running."""
-
-    def __init__(self, plugin: str, event: str, error: BaseException) -> None:
-        super().__init__(f"plugin {plugin!r} failed in event {event!r}: {type(error).__name__}: {error}")
-        self.plugin, self.event = plugin, event
-
-
-class CompositionError(ValueError):
-    """A strategy cannot be composed from the plugins it was given."""
-
-
-def update_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:
-    """Make ``optimizer`` train exactly ``model``'s parameters, keeping the state (momentum...) of the old ones.
-
-    New parameters join the first parameter group; parameters gone from the model leave the optimizer.
-    """
-    current = list(model.parameters())
-    alive = {id(p) for p in current}
-    known: set[int] = set()
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if id(p) not in alive:
-                optimizer.state.pop(p, None)
-        group["params"] = [p for p in group["params"] if id(p) in alive]
-        known.update(id(p) for p in group["params"])
-    optimizer.param_groups[0]["params"].extend(p for p in current if id(p) not in known)
-
-
-def _plugin_name(plugin: Any, taken: set[str]) -> str:
-    base = getattr(plugin, "name", None) or type(plugin).__name__
-    name, n = base, 1
-    while name in taken:
-        n += 1
-        name = f"{base}#{n}"
-    taken.add(name)
-    return name
-
-
-Dispatch = Callable[[TrainState], None]
+log = get_logger("clkernel")
 
 
 class Strategy:
-    """The continual-learning loop: ``train(experiences)`` then ``eval(stream)``, firing events for plugins.
+    """The continual-learning loop: ``train(experiences, eval_streams)`` then ``eval(stream)``, firing the events
+    of :mod:`clkernel.hookspecs` for the plugins.
 
+    :param model: a ``torch.nn.Module``; moved to ``device``.
+    :param optimizer: built over ``model``'s parameters; dynamic modules' new parameters join it.
+    :param criterion: ``criterion(output, y) -> 0-d tensor``; default ``torch.nn.CrossEntropyLoss()``.
     :param plugins: objects implementing events, called in this order.
-    :param eval_every: -1: evaluate ``eval_streams`` never during training; 0: after each training experience;
-        k > 0: also every k epochs.
+    :param train_mb_size: training minibatch size; ``eval_mb_size`` the evaluation one (default the same).
+    :param train_epochs: epochs per training experience.
+    :param device: default ``cuda`` when available, else ``cpu``.
+    :param eval_every: when ``train()`` evaluates its ``eval_streams``: -1 never, 0 after each training
+        experience (the default), k > 0 also every k epochs.
+    :param generator: the ``torch.Generator`` that shuffles training minibatches (default: torch's global one).
+    :param trace: dispatch every event through pluggy's hook calls, so that
+        ``strategy.plugin_manager.add_hookcall_monitoring`` sees them (slower).
+    :raises ValueError: for a size or epoch count that is not a positive integer, or ``eval_every < -1``.
+    :raises TypeError: when ``model`` is not a module.
+    :raises CompositionError: when a plugin cannot be composed (see :func:`clkernel.dispatch.compose`).
+
+    The rank and world size come from ``torch.distributed`` when a process group is initialised.
+    Use ``with strategy:`` (or call :meth:`close`) so that :func:`after_run` fires and files are closed.
     """
 
     def __init__(
@@ -102,134 +59,114 @@ class Strategy:
         train_epochs: int = 1,
         eval_mb_size: int | None = None,
         device: str | torch.device | None = None,
-        eval_every: int = -1,
+        eval_every: int = 0,
         generator: torch.Generator | None = None,
+        trace: bool = False,
     ) -> None:
-        for option, value in (("train_mb_size", train_mb_size), ("train_epochs", train_epochs),
-                              ("eval_mb_size", eval_mb_size or train_mb_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{option} must be a positive integer, got {value!r}")
+        positive_int(train_mb_size, "train_mb_size", "Strategy")
+        positive_int(train_epochs, "train_epochs", "Strategy")
+        eval_mb_size = positive_int(eval_mb_size if eval_mb_size is not None else train_mb_size, "eval_mb_size",
+                                    "Strategy")
+        if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < -1:
+            raise ValueError(f"Strategy: eval_every must be an integer >= -1, got {eval_every!r}")
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if not structlog.is_configured():
-            configure_logging()
+        rank, world_size = 0, 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         self.plugins = list(plugins)
         self.eval_every = eval_every
         self.generator = generator
-        self.plugin_manager = self._compose(self.plugins)
+        self.plugin_manager = compose(self.plugins)
+        self.dispatcher = Dispatcher(self.plugin_manager, rank=rank, trace=trace)
         self.state = TrainState(
             model=model.to(device), optimizer=optimizer, criterion=criterion or torch.nn.CrossEntropyLoss(),
-            device=device, train_mb_size=train_mb_size, train_epochs=train_epochs,
-            eval_mb_size=eval_mb_size or train_mb_size, emit=self._emit_metrics,
+            device=device, train_mb_size=train_mb_size, train_epochs=train_epochs, eval_mb_size=eval_mb_size,
+            rank=rank, world_size=world_size, emit=self._emit_metrics,
         )
-        self._calls: dict[str, Dispatch | None] = {}
+        self._log_metrics: tuple[tuple[str, Callable[..., Any]], ...] = ()
         self._loss_terms: tuple[tuple[str, Callable[..., Any]], ...] = ()
+        self._started = self._closed = self._initial_eval_asked = False
+        self._output_files: list[Path] = []
 
-    # ------------------------------------------------------------------ composition
-
-    @staticmethod
-    def _compose(plugins: list[Any]) -> pluggy.PluginManager:
-        pm = pluggy.PluginManager(PROJECT)
-        pm.add_hookspecs(TrainingEvents)
-        taken: set[str] = set()
-        for plugin in reversed(plugins):  # pluggy calls last-registered first
-            name = _plugin_name(plugin, taken)
-            try:
-                pm.register(plugin, name=name)
-            except (pluggy.PluginValidationError, ValueError) as e:
-                raise CompositionError(f"plugin {name!r} cannot be used: {e}") from e
-            impls = [hc.name for hc in pm.get_hookcallers(plugin) or []]
-            unknown = [n for n in impls if n not in EVENTS]
-            if unknown:
-                hint = difflib.get_close_matches(unknown[0], EVENTS, n=1)
-                raise CompositionError(
-                    f"plugin {name!r} implements {unknown[0]!r}, which is not a clkernel event"
-                    + (f" (did you mean {hint[0]!r}?)" if hint else "; `clkernel hooks` lists the events"))
-            if not impls:
-                raise CompositionError(f"plugin {name!r} implements no clkernel event: mark its methods with "
-                                       f"@clkernel.hookimpl")
-        pm.check_pending()
-        return pm
-
-    def _dispatch(self, event: str) -> Dispatch | None:
-        """One callable that runs ``event``'s implementations in order, or None when there are none."""
-        caller = getattr(self.plugin_manager.hook, event)
-        impls = caller.get_hookimpls()
-        if not impls:
-            return None
-        traced = self.plugin_manager._inner_hookexec is not pluggy._callers._multicall
-        if traced or any(i.hookwrapper or i.wrapper for i in impls):
-            return lambda state: caller(state=state)
-        ordered = tuple(reversed(impls))
-        fns = tuple(i.function if i.argnames else (lambda s, f=i.function: f()) for i in ordered)
-
-        def call(state: TrainState) -> None:
-            for fn in fns:
-                try:
-                    fn(state)
-                except Exception as e:
-                    raise PluginError(ordered[fns.index(fn)].plugin_name, event, e) from e
-
-        return call
+    # ------------------------------------------------------------------ dispatch
 
     def _prepare(self) -> None:
-        self._calls = {event: self._dispatch(event) for event in EVENTS if event not in ("loss_terms", "log_metrics")}
-        self._loss_terms = tuple((i.plugin_name, i.function)
-                                 for i in reversed(self.plugin_manager.hook.loss_terms.get_hookimpls()))
+        self.dispatcher.prepare()
+        self._loss_terms = self.dispatcher.functions("loss_terms")
+        self._log_metrics = self.dispatcher.functions("log_metrics")
+        if not self._started:
+            self._started = True
+            self._fire("before_run")
 
     def _fire(self, event: str) -> None:
-        call = self._calls.get(event)
+        call = self.dispatcher.calls.get(event)
         if call is not None:
             call(self.state)
 
     def _emit_metrics(self, state: TrainState, values: dict[str, Any]) -> None:
-        kwargs = {"state": state, "values": values}
-        for impl in reversed(self.plugin_manager.hook.log_metrics.get_hookimpls()):
+        for name, fn in self._log_metrics:
             try:
-                impl.function(*(kwargs[a] for a in impl.argnames))
+                fn(state, values)
             except Exception as e:
-                raise PluginError(impl.plugin_name, "log_metrics", e) from e
+                raise PluginError(name, "log_metrics", e) from e
 
-    # ------------------------------------------------------------------ model adaptation
+    # ------------------------------------------------------------------ the run
 
-    def _adapt_model(self, experience: Experience) -> None:
-        model = self.state.model
-        for module in list(model.modules()):
-            if isinstance(module, DynamicModule):
-                module.adaptation(experience)
-        model.to(self.state.device)
-        if self.state.is_training:
-            update_optimizer(self.state.optimizer, model)
+    def close(self) -> list[Path]:
+        """End the run: fire :func:`after_run` on every rank, then collect :func:`output_files` (rank 0).
+        Idempotent: a second call returns the same files and fires nothing.
 
-    def _forward(self, model: torch.nn.Module, mb: tuple[Any, torch.Tensor, torch.Tensor]) -> Any:
-        if getattr(model, "takes_task_labels", False):
-            return model(mb[0], mb[2])
-        return model(mb[0])
+        :returns: the files the plugins wrote, in plugin order (empty on other ranks).
+        """
+        if self._closed:
+            return list(self._output_files)
+        self._closed = True
+        if not self._started:
+            return []
+        self._fire("after_run")
+        for _, files in self.dispatcher.collect("output_files", state=self.state):
+            self._output_files.extend(Path(f) for f in files)
+        return list(self._output_files)
 
-    def _to_device(self, mb: Any) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        device = self.state.device
-        return tuple(v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for v in mb)  # type: ignore
+    def __enter__(self) -> Strategy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ training
 
     def train(self, experiences: Any, eval_streams: Iterable[Any] | None = None) -> dict[str, Any]:
         """Train on each experience in turn; evaluate ``eval_streams`` as ``eval_every`` says.
 
-        :returns: the last value of every metric logged during the call.
+        :param experiences: an :class:`~clkernel.Experience`, a :class:`~clkernel.Stream` or a list of
+            experiences, or one dataset of ``(x, y, t)``.
+        :param eval_streams: streams (or lists of experiences) to evaluate; kept in ``state.eval_streams``.
+            Evaluated before the first experience too when a plugin's :func:`needs_initial_eval` asks for it.
+        :returns: the last value of every metric logged during the call (its evaluations included).
+        :raises PluginError: when a plugin fails, naming it and the event.
         """
         exps = as_experiences(experiences, "train")
-        streams = [as_experiences(s, "eval") for s in (eval_streams or [])]
         s = self.state
+        s.eval_streams = tuple(_as_stream(x) for x in (eval_streams or ()))
         self._prepare()
         s.metrics, s.is_training, s.stream_name = {}, True, _stream_name(exps[0], "train")
         self._fire("before_training")
+        if not self._initial_eval_asked and s.experiences_trained == 0:
+            self._initial_eval_asked = True
+            if any(asked for _, asked in self.dispatcher.collect("needs_initial_eval", state=s)):
+                if not s.eval_streams:
+                    log.warning("initial_eval_skipped", reason="a plugin asked for an evaluation before training, "
+                                "but train() was given no eval_streams")
+                self._evaluate(s.eval_streams)
         for exp in exps:
-            self._train_experience(exp, streams)
+            self._train_experience(exp)
         self._fire("after_training")
         return dict(s.metrics)
 
-    def _train_experience(self, exp: Experience, eval_streams: list[list[Experience]]) -> None:
+    def _train_experience(self, exp: Experience) -> None:
         s = self.state
         s.experience, s.stream_name, s.epoch, s.stop_training = exp, _stream_name(exp, "train"), 0, False
         log.info("experience_start", phase="train", experience=exp.index, classes=exp.classes,
@@ -240,24 +177,24 @@ class Strategy:
         s.dataset = exp.dataset.train()
         self._fire("after_train_dataset_adaptation")
         s.dataloader = _EpochLoader(s.dataset, s.train_mb_size, True, self.generator)
-        self._adapt_model(exp)
+        adapt_model(s.model, exp, optimizer=s.optimizer, device=s.device)
         for s.epoch in range(s.train_epochs):
             s.model.train()
             self._fire("before_training_epoch")
             self._train_epoch()
             self._fire("after_training_epoch")
             if self.eval_every > 0 and (s.epoch + 1) % self.eval_every == 0 and s.epoch + 1 < s.train_epochs:
-                self._periodic_eval(eval_streams)
+                self._evaluate(s.eval_streams)
             if s.stop_training:
                 break
         s.experiences_trained += 1
         self._fire("after_training_exp")
         log.info("experience_end", phase="train", experience=exp.index, epochs=s.epoch + 1)
         if self.eval_every >= 0:
-            self._periodic_eval(eval_streams)
+            self._evaluate(s.eval_streams)
 
     def _train_epoch(self) -> None:
-        s, c = self.state, self._calls
+        s, c = self.state, self.dispatcher.calls
         before_it, before_fw, after_fw = c["before_training_iteration"], c["before_forward"], c["after_forward"]
         before_bw, after_bw = c["before_backward"], c["after_backward"]
         before_up, after_up, after_it = c["before_update"], c["after_update"], c["after_training_iteration"]
@@ -269,7 +206,7 @@ class Strategy:
             if before_it: before_it(s)  # noqa: E701
             optimizer.zero_grad(set_to_none=True)
             if before_fw: before_fw(s)  # noqa: E701
-            s.mb_output = self._forward(model, s.mb)
+            s.mb_output = model_forward(model, s.mb[0], s.mb[2])
             if after_fw: after_fw(s)  # noqa: E701
             loss = self._criterion(s.mb_output, s.mb[1])
             if terms_fns:
@@ -303,8 +240,12 @@ class Strategy:
                 f"{tuple(y.shape)} (largest class id {int(y.max())}): does the model have enough outputs for "
                 f"the benchmark's classes? ({e})") from e
 
-    def _periodic_eval(self, eval_streams: list[list[Experience]]) -> None:
-        for stream in eval_streams:
+    def _to_device(self, mb: Any) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        device = self.state.device
+        return tuple(v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for v in mb)  # type: ignore
+
+    def _evaluate(self, streams: Iterable[Any]) -> None:
+        for stream in streams:
             self.eval(stream)
 
     # ------------------------------------------------------------------ evaluation
@@ -313,7 +254,9 @@ class Strategy:
     def eval(self, experiences: Any) -> dict[str, Any]:
         """Evaluate on each experience; inside ``train()`` the training state is restored afterwards.
 
+        :param experiences: as for :meth:`train`.
         :returns: the last value of every metric logged during the call.
+        :raises PluginError: when a plugin fails, naming it and the event.
         """
         exps = as_experiences(experiences, "eval")
         s = self.state
@@ -325,7 +268,7 @@ class Strategy:
         s.is_training, s.metrics, s.stream_name = False, {}, _stream_name(exps[0], "eval")
         was_training = s.model.training
         s.model.eval()
-        c = self._calls
+        c = self.dispatcher.calls
         before_it, before_fw, after_fw, after_it = (c["before_eval_iteration"], c["before_eval_forward"],
                                                     c["after_eval_forward"], c["after_eval_iteration"])
         move = s.device.type != "cpu"
@@ -337,14 +280,14 @@ class Strategy:
             self._fire("before_eval_dataset_adaptation")
             s.dataset = exp.dataset.eval()
             self._fire("after_eval_dataset_adaptation")
-            self._adapt_model(exp)
+            adapt_model(s.model, exp, device=s.device)
             s.dataloader = _EpochLoader(s.dataset, s.eval_mb_size, False, None)
             s.epoch_iteration = 0
             for mb in s.dataloader:
                 s.mb = self._to_device(mb) if move else mb
                 if before_it: before_it(s)  # noqa: E701
                 if before_fw: before_fw(s)  # noqa: E701
-                s.mb_output = self._forward(s.model, s.mb)
+                s.mb_output = model_forward(s.model, s.mb[0], s.mb[2])
                 if after_fw: after_fw(s)  # noqa: E701
                 s.epoch_iteration += 1
                 if after_it: after_it(s)  # noqa: E701
@@ -364,6 +307,22 @@ class Naive(Strategy):
     """Fine-tuning on each experience in turn, with no continual-learning plugin: the lower bound."""
 
 
+def run(strategy: Strategy, benchmark: Benchmark, *, train_stream: str = "train",
+        eval_streams: Iterable[str] = ("test",)) -> dict[str, Any]:
+    """Train ``strategy`` on every experience of ``benchmark``'s ``train_stream`` and evaluate its
+    ``eval_streams`` as ``strategy.eval_every`` says (default: after each experience, and before the first when
+    a plugin asks); then close the strategy (:func:`after_run`, also on error). What ``clkernel run`` does.
+
+    :param eval_streams: names of streams of ``benchmark`` (``"test"``, ``"valid"``...).
+    :returns: the last value of every metric logged during the run. ``strategy.close()`` (idempotent) then
+        returns the files the plugins wrote.
+    :raises KeyError: naming the stream and the benchmark's streams, for an unknown stream name.
+    """
+    streams = [_named_stream(benchmark, name) for name in (train_stream, *eval_streams)]
+    with strategy:
+        return strategy.train(streams[0], eval_streams=streams[1:])
+
+
 class _EpochLoader:
     """A re-iterable loader: each iteration is one epoch of minibatches over ``dataset``."""
 
@@ -375,6 +334,17 @@ class _EpochLoader:
 
     def __len__(self) -> int:
         return -(-len(self.dataset) // self.batch_size)
+
+
+def _named_stream(benchmark: Benchmark, name: str) -> Stream:
+    if name not in benchmark.streams:
+        raise KeyError(f"benchmark {benchmark.name!r} has no stream {name!r}; streams: "
+                       f"{', '.join(benchmark.streams)}")
+    return benchmark.streams[name]
+
+
+def _as_stream(obj: Any) -> Any:
+    return obj if isinstance(obj, Stream) else as_experiences(obj, "eval")
 
 
 def _stream_name(exp: Experience, default: str) -> str:

@@ -50,11 +50,14 @@ class TrainState:
     epoch_iteration: int = 0
     #: Training experiences completed since the strategy was built.
     experiences_trained: int = 0
+    #: The streams given to ``train(..., eval_streams=...)``: evaluated after each experience (``eval_every``)
+    #: and before the first one when a plugin asks (``needs_initial_eval``).
+    eval_streams: tuple[Any, ...] = ()
     #: Set by a plugin in after_training_epoch to end the current experience's epochs.
     stop_training: bool = False
     #: Last value of every metric logged during the current train()/eval() call: what it returns.
     metrics: dict[str, Any] = field(factory=dict)
-    #: Distributed rank and world size (0 and 1 in one process).
+    #: Distributed rank and world size (0 and 1 in one process), from ``torch.distributed`` when initialised.
     rank: int = 0
     world_size: int = 1
     _emit: Callable[[TrainState, dict[str, Any]], None] | None = field(default=None, repr=False, alias="emit")

@@ -1,0 +1,169 @@
+"""Composition and dispatch: plugins become one pluggy plugin manager, events become prebuilt calls.
+
+Only pluggy's public API is used: :meth:`pluggy.PluginManager.register`, ``check_pending``, ``get_hookcallers``
+and :meth:`pluggy.HookCaller.get_hookimpls`. For each event, :class:`Dispatcher` builds one callable from the
+implementations, in the order the user listed the plugins, that names the failing plugin on error
+(:class:`PluginError`); events nobody implements become None and cost nothing. With ``trace=True``, or when a
+plugin implements an event as a hook wrapper, the event goes through pluggy's own hook call instead, so that
+``plugin_manager.add_hookcall_monitoring`` and ``enable_tracing`` see every call.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import pluggy
+
+from clkernel.hookspecs import EVENTS, PROJECT, SPEC, TrainingEvents
+
+if TYPE_CHECKING:
+    from clkernel.state import TrainState
+
+__all__ = ["CompositionError", "Dispatcher", "PluginError", "compose", "plugin_name"]
+
+Dispatch = Callable[["TrainState"], None]
+
+
+class PluginError(RuntimeError):
+    """An exception raised inside a plugin, with the plugin (``.plugin``) and the event (``.event``) that were
+    running; the original exception is ``__cause__``."""
+
+    def __init__(self, plugin: str, event: str, error: BaseException) -> None:
+        super().__init__(f"plugin {plugin!r} failed in event {event!r}: {type(error).__name__}: {error}")
+        self.plugin, self.event = plugin, event
+
+
+class CompositionError(ValueError):
+    """A strategy cannot be composed from the plugins it was given (an unknown event, a wrong signature, an
+    object that implements no event); raised when the strategy is built, before any training."""
+
+
+def plugin_name(plugin: Any, taken: set[str]) -> str:
+    """``plugin.name``, else its class name, made unique among ``taken`` (``replay#2``); adds it to ``taken``."""
+    base = getattr(plugin, "name", None) or type(plugin).__name__
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}#{n}"
+    taken.add(name)
+    return name
+
+
+def compose(plugins: Iterable[Any]) -> pluggy.PluginManager:
+    """A plugin manager holding :class:`~clkernel.hookspecs.TrainingEvents` and ``plugins``, called in the
+    order given (pluggy calls the last registered first, so they are registered in reverse).
+
+    :raises CompositionError: naming the plugin, for an unknown event name (with a did-you-mean), arguments
+        that are not the spec's, or an object implementing no event.
+    """
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(TrainingEvents)
+    taken: set[str] = set()
+    for plugin in reversed(list(plugins)):
+        name = plugin_name(plugin, taken)
+        try:
+            pm.register(plugin, name=name)
+        except (pluggy.PluginValidationError, ValueError) as e:
+            raise CompositionError(f"plugin {name!r} cannot be used: {e}") from e
+        impls = [hc.name for hc in pm.get_hookcallers(plugin) or []]
+        unknown = [n for n in impls if n not in SPEC]
+        if unknown:
+            hint = difflib.get_close_matches(unknown[0], EVENTS, n=1)
+            raise CompositionError(
+                f"plugin {name!r} implements {unknown[0]!r}, which is not a clkernel event"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "; `clkernel hooks` lists the events"))
+        if not impls:
+            raise CompositionError(f"plugin {name!r} implements no clkernel event: mark its methods with "
+                                   f"@clkernel.hookimpl")
+    pm.check_pending()
+    return pm
+
+
+def _ordered(pm: pluggy.PluginManager, event: str) -> list[Any]:
+    return list(reversed(getattr(pm.hook, event).get_hookimpls()))
+
+
+class Dispatcher:
+    """Prebuilt calls for every event of one plugin manager; rebuilt by :meth:`prepare` (the loop calls it at
+    each ``train()`` / top-level ``eval()``, so plugins registered since are seen).
+
+    :param rank: events marked ``rank_zero`` in :data:`~clkernel.hookspecs.SPEC` call no plugin elsewhere.
+    :param trace: dispatch every event through pluggy's hook call (slower; monitoring and tracing see it).
+    """
+
+    def __init__(self, plugin_manager: pluggy.PluginManager, *, rank: int = 0, trace: bool = False) -> None:
+        self.plugin_manager, self.rank, self.trace = plugin_manager, rank, trace
+        self.calls: dict[str, Dispatch | None] = {}
+        self.prepare()
+
+    def prepare(self) -> None:
+        """(Re)build the call of every event from the plugin manager's current implementations."""
+        self.calls = {event: self._build(event) for event in EVENTS if SPEC[event].result is None}
+
+    def _build(self, event: str) -> Dispatch | None:
+        if SPEC[event].rank_zero and self.rank != 0:
+            return None
+        impls = _ordered(self.plugin_manager, event)
+        if not impls:
+            return None
+        if self.trace or any(i.hookwrapper or i.wrapper for i in impls):
+            caller = getattr(self.plugin_manager.hook, event)
+            return lambda state: caller(state=state)
+        if len(impls) == 1:
+            name, fn = impls[0].plugin_name, _positional(impls[0])
+
+            def call_one(state: TrainState) -> None:
+                try:
+                    fn(state)
+                except Exception as e:
+                    raise PluginError(name, event, e) from e
+
+            return call_one
+        fns = tuple(_positional(i) for i in impls)
+        names = tuple(i.plugin_name for i in impls)
+
+        def call(state: TrainState) -> None:
+            i = 0
+            try:
+                for i, fn in enumerate(fns):  # noqa: B007 - i names the failing plugin
+                    fn(state)
+            except Exception as e:
+                raise PluginError(names[i], event, e) from e
+
+        return call
+
+    def collect(self, event: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call a collected-result event (``SPEC[event].result`` is set): ``(plugin name, result)`` for every
+        non-None result, in plugin order; nothing on other ranks for a ``rank_zero`` event."""
+        if SPEC[event].rank_zero and self.rank != 0:
+            return []
+        results = []
+        for impl in _ordered(self.plugin_manager, event):
+            try:
+                result = impl.function(*(kwargs[a] for a in impl.argnames))
+            except Exception as e:
+                raise PluginError(impl.plugin_name, event, e) from e
+            if result is not None:
+                results.append((impl.plugin_name, result))
+        return results
+
+    def functions(self, event: str) -> tuple[tuple[str, Callable[..., Any]], ...]:
+        """``(plugin name, function)`` per implementation of ``event``, in plugin order, each taking the spec's
+        arguments positionally; for the loop's own tight loops (``loss_terms``, ``log_metrics``). Empty on
+        other ranks for a ``rank_zero`` event."""
+        if SPEC[event].rank_zero and self.rank != 0:
+            return ()
+        args = tuple(getattr(self.plugin_manager.hook, event).spec.argnames)
+        return tuple((i.plugin_name, _positional(i, args)) for i in _ordered(self.plugin_manager, event))
+
+
+def _positional(impl: Any, spec_args: tuple[str, ...] = ("state",)) -> Callable[..., Any]:
+    """The implementation as a function of the spec's arguments, in the spec's order: pluggy lets an
+    implementation take fewer of them, in any order."""
+    fn, names = impl.function, tuple(impl.argnames)
+    if names == spec_args:
+        return fn
+    if not names:
+        return lambda *args: fn()
+    return lambda *args: fn(**{k: v for k, v in zip(spec_args, args) if k in names})
