@@ -19,9 +19,12 @@ from typing import Any, Sequence
 
 from clkernel.discovery import KINDS, RegistryError, parse_options, registry
 from clkernel.hookspecs import (
-    EVENTS, REGISTRATION_HOOKS, SPEC, RegistrationHooks, TrainingEvents, spec_arguments, spec_summary,
+    EVENTS, REGISTRATION_FREQUENCY, REGISTRATION_HOOKS, SPEC, RegistrationHooks, TrainingEvents, spec_arguments,
+    spec_summary,
 )
 from clkernel.log import configure_logging, get_logger
+
+__all__ = ["CONTEXT_PARAMETERS", "UsageError", "cmd_hooks", "cmd_plugins", "cmd_run", "cmd_show", "main"]
 
 log = get_logger("clkernel")
 
@@ -66,7 +69,7 @@ def _hook_rows() -> list[dict[str, Any]]:
     for name in REGISTRATION_HOOKS:
         rows.append({"name": name, "kind": "registration hook",
                      "arguments": spec_arguments(RegistrationHooks, name),
-                     "frequency": "once per entry point, when the registry is built", "ranks": "every rank",
+                     "frequency": REGISTRATION_FREQUENCY, "ranks": "every rank",
                      "result": "ignored", "summary": spec_summary(RegistrationHooks, name)})
     return rows
 
@@ -253,7 +256,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plugins", help="list installed plugin distributions and what they register")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
-    p = sub.add_parser("hooks", help="list the training events, in firing order")
+    p = sub.add_parser("hooks", help="list the training events in firing order, then the registration hooks")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     p = sub.add_parser("show", help="show a component's summary and options")
     p.add_argument("kind", choices=list(KINDS))

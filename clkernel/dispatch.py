@@ -5,7 +5,9 @@ and :meth:`pluggy.HookCaller.get_hookimpls`. For each event, :class:`Dispatcher`
 implementations, in the order the user listed the plugins, that names the failing plugin on error
 (:class:`PluginError`); events nobody implements become None and cost nothing. With ``trace=True``, or when a
 plugin implements an event as a hook wrapper, the event goes through pluggy's own hook call instead, so that
-``plugin_manager.add_hookcall_monitoring`` and ``enable_tracing`` see every call.
+``plugin_manager.add_hookcall_monitoring`` and ``enable_tracing`` see it, and a plugin's exception arrives as
+pluggy raises it. Events whose results are collected (``SPEC[event].result``) and ``log_metrics`` are always
+called directly, in plugin order; hook wrappers on them are rejected at composition.
 """
 
 from __future__ import annotations
@@ -76,6 +78,11 @@ def compose(plugins: Iterable[Any]) -> pluggy.PluginManager:
         if not impls:
             raise CompositionError(f"plugin {name!r} implements no clkernel event: mark its methods with "
                                    f"@clkernel.hookimpl")
+        for caller in pm.get_hookcallers(plugin) or []:
+            direct = SPEC[caller.name].result is not None or caller.name == "log_metrics"
+            if direct and any(i.plugin is plugin and (i.hookwrapper or i.wrapper) for i in caller.get_hookimpls()):
+                raise CompositionError(f"plugin {name!r} implements {caller.name!r} as a hook wrapper; the loop "
+                                       f"calls that event directly, so it must be a plain implementation")
     pm.check_pending()
     return pm
 
@@ -110,26 +117,17 @@ class Dispatcher:
         if self.trace or any(i.hookwrapper or i.wrapper for i in impls):
             caller = getattr(self.plugin_manager.hook, event)
             return lambda state: caller(state=state)
-        if len(impls) == 1:
-            name, fn = impls[0].plugin_name, _positional(impls[0])
-
-            def call_one(state: TrainState) -> None:
-                try:
-                    fn(state)
-                except Exception as e:
-                    raise PluginError(name, event, e) from e
-
-            return call_one
         fns = tuple(_positional(i) for i in impls)
         names = tuple(i.plugin_name for i in impls)
 
         def call(state: TrainState) -> None:
-            i = 0
-            try:
-                for i, fn in enumerate(fns):  # noqa: B007 - i names the failing plugin
+            for fn in fns:
+                try:
                     fn(state)
-            except Exception as e:
-                raise PluginError(names[i], event, e) from e
+                except PluginError:  # raised further down (a logger called through state.log_metrics)
+                    raise
+                except Exception as e:  # zero-cost until raised: the failing plugin is looked up then
+                    raise PluginError(names[fns.index(fn)], event, e) from e
 
         return call
 
@@ -142,6 +140,8 @@ class Dispatcher:
         for impl in _ordered(self.plugin_manager, event):
             try:
                 result = impl.function(*(kwargs[a] for a in impl.argnames))
+            except PluginError:
+                raise
             except Exception as e:
                 raise PluginError(impl.plugin_name, event, e) from e
             if result is not None:

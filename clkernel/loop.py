@@ -125,9 +125,11 @@ class Strategy:
         self._closed = True
         if not self._started:
             return []
-        self._fire("after_run")
-        for _, files in self.dispatcher.collect("output_files", state=self.state):
-            self._output_files.extend(Path(f) for f in files)
+        try:
+            self._fire("after_run")
+        finally:  # files written before a failing after_run are still reported
+            for _, files in self.dispatcher.collect("output_files", state=self.state):
+                self._output_files.extend(Path(f) for f in ([files] if isinstance(files, (str, Path)) else files))
         return list(self._output_files)
 
     def __enter__(self) -> Strategy:
@@ -146,7 +148,8 @@ class Strategy:
         :param eval_streams: streams (or lists of experiences) to evaluate; kept in ``state.eval_streams``.
             Evaluated before the first experience too when a plugin's :func:`needs_initial_eval` asks for it.
         :returns: the last value of every metric logged during the call (its evaluations included).
-        :raises PluginError: when a plugin fails, naming it and the event.
+        :raises PluginError: when a plugin fails, naming it and the event (under ``trace=True`` or a hook
+            wrapper, the plugin's exception as pluggy raises it).
         """
         exps = as_experiences(experiences, "train")
         s = self.state
@@ -214,6 +217,8 @@ class Strategy:
                 for name, fn in terms_fns:
                     try:
                         term = fn(s)
+                    except PluginError:
+                        raise
                     except Exception as e:
                         raise PluginError(name, "loss_terms", e) from e
                     if term is not None:
@@ -272,34 +277,36 @@ class Strategy:
         before_it, before_fw, after_fw, after_it = (c["before_eval_iteration"], c["before_eval_forward"],
                                                     c["after_eval_forward"], c["after_eval_iteration"])
         move = s.device.type != "cpu"
-        self._fire("before_eval")
-        for exp in exps:
-            s.experience, s.stream_name = exp, _stream_name(exp, "eval")
-            log.debug("experience_start", phase="eval", stream=s.stream_name, experience=exp.index)
-            self._fire("before_eval_exp")
-            self._fire("before_eval_dataset_adaptation")
-            s.dataset = exp.dataset.eval()
-            self._fire("after_eval_dataset_adaptation")
-            adapt_model(s.model, exp, device=s.device)
-            s.dataloader = _EpochLoader(s.dataset, s.eval_mb_size, False, None)
-            s.epoch_iteration = 0
-            for mb in s.dataloader:
-                s.mb = self._to_device(mb) if move else mb
-                if before_it: before_it(s)  # noqa: E701
-                if before_fw: before_fw(s)  # noqa: E701
-                s.mb_output = model_forward(s.model, s.mb[0], s.mb[2])
-                if after_fw: after_fw(s)  # noqa: E701
-                s.epoch_iteration += 1
-                if after_it: after_it(s)  # noqa: E701
-            self._fire("after_eval_exp")
-        self._fire("after_eval")
-        result = dict(s.metrics)
-        (s.experience, s.stream_name, s.dataset, s.dataloader, s.mb, s.mb_output, s.epoch_iteration,
-         s.metrics) = saved
+        try:
+            self._fire("before_eval")
+            for exp in exps:
+                s.experience, s.stream_name = exp, _stream_name(exp, "eval")
+                log.debug("experience_start", phase="eval", stream=s.stream_name, experience=exp.index)
+                self._fire("before_eval_exp")
+                self._fire("before_eval_dataset_adaptation")
+                s.dataset = exp.dataset.eval()
+                self._fire("after_eval_dataset_adaptation")
+                adapt_model(s.model, exp, device=s.device)
+                s.dataloader = _EpochLoader(s.dataset, s.eval_mb_size, False, None)
+                s.epoch_iteration = 0
+                for mb in s.dataloader:
+                    s.mb = self._to_device(mb) if move else mb
+                    if before_it: before_it(s)  # noqa: E701
+                    if before_fw: before_fw(s)  # noqa: E701
+                    s.mb_output = model_forward(s.model, s.mb[0], s.mb[2])
+                    if after_fw: after_fw(s)  # noqa: E701
+                    s.epoch_iteration += 1
+                    if after_it: after_it(s)  # noqa: E701
+                self._fire("after_eval_exp")
+            self._fire("after_eval")
+            result = dict(s.metrics)
+        finally:  # also after a failure: the training fields and the model's mode come back
+            (s.experience, s.stream_name, s.dataset, s.dataloader, s.mb, s.mb_output, s.epoch_iteration,
+             s.metrics) = saved
+            s.is_training = nested
+            s.model.train(was_training)
         if nested:
             s.metrics.update(result)
-        s.is_training = nested
-        s.model.train(was_training)
         return result
 
 

@@ -35,10 +35,13 @@ def linear(num_classes: int, input_size: int):
 
 class Count:
     name = "count"
-    needs_initial_eval = True
 
     def __init__(self, run_dir=None):
         self.n, self.evals, self.run_dir = 0, 0, run_dir
+
+    @clkernel.hookimpl
+    def needs_initial_eval(self, state):
+        return True
 
     @clkernel.hookimpl
     def after_training_iteration(self, state):
@@ -63,11 +66,13 @@ class Recorder:
     def log_metrics(self, state, values):
         self.file.write(json.dumps(values) + "\\n")
 
-    def close(self):
+    @clkernel.hookimpl
+    def after_run(self, state):
         self.file.close()
         (self.path.parent / "config.json").write_text(json.dumps(self.config, default=str))
 
-    def files(self):
+    @clkernel.hookimpl
+    def output_files(self, state):
         return [self.path]
 
 
@@ -171,3 +176,21 @@ def test_training_failure_exits_1_with_a_structured_error(site, tmp_path):
     error = json.loads([line for line in result.stderr.splitlines() if '"run_failed"' in line][0])
     assert "plugin 'explode' failed in event 'before_training_exp'" in error["error"]
     assert "kaboom" in error["exception"]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["hooks"], ["hooks", "--json"], ["plugins"], ["plugins", "--json"],
+                                  ["show", "plugin", "replay"], ["show", "metric", "default"],
+                                  ["show", "logger", "report"], ["show", "model", "simple-mlp"],
+                                  ["show", "benchmark", "split-digits"]])
+def test_listing_commands_do_not_import_torch(args):
+    """`clkernel --help / hooks / plugins / show` start fast: neither the kernel nor a registration module
+    imports torch (tests/bench/bench_startup.py measures the time)."""
+    code = ("import sys, runpy; sys.argv = ['clkernel', *sys.argv[1:]]\n"
+            "try:\n    runpy.run_module('clkernel.cli', run_name='__main__')\n"
+            "except SystemExit as e:\n    code = e.code\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n"
+            "sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "NO-TORCH", [
+        line for line in result.stderr.splitlines() if "torch" in line][:5]

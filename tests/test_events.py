@@ -35,10 +35,11 @@ for _event in EVENTS:
     setattr(Recorder, _event, _recording_method(_event))
 
 
-def expected_training(n_exp: int, n_epochs: int, n_iter: int) -> list[str]:
+def expected_training(n_exp: int, n_epochs: int, n_iter: int, first: bool = True) -> list[str]:
+    """The events of one train() call; the first call of a strategy also starts the run."""
     iteration = ["before_training_iteration", "before_forward", "after_forward", "loss_terms", "before_backward",
                  "after_backward", "before_update", "after_update", "after_training_iteration"]
-    seq = ["before_training"]
+    seq = ["before_run", "before_training", "needs_initial_eval"] if first else ["before_training"]
     for _ in range(n_exp):
         seq += ["before_training_exp", "before_train_dataset_adaptation", "after_train_dataset_adaptation"]
         for _ in range(n_epochs):
@@ -67,25 +68,43 @@ def make_strategy(plugins, **kw) -> Strategy:
 def test_event_sequence_matches_documented_order(make_benchmark):
     bench = make_benchmark(n_exp=2, per_class=3)  # 6 samples per experience, minibatch 2 -> 3 iterations
     log: list = []
-    strategy = make_strategy([Recorder(log)])
+    strategy = make_strategy([Recorder(log)], eval_every=-1)
     strategy.train(bench.train_stream)
     assert [e for _, e in log] == expected_training(2, 2, 3)
     log.clear()
     strategy.eval(bench.test_stream)
     assert [e for _, e in log] == expected_eval(2, 3)
+    log.clear()
+    strategy.train(bench.train_stream[:1])
+    assert [e for _, e in log] == expected_training(1, 2, 3, first=False)
+    log.clear()
+    strategy.close()
+    strategy.close()  # idempotent
+    assert [e for _, e in log] == ["after_run", "output_files"]
 
 
 def test_event_sequence_is_the_same_under_pluggy_tracing(make_benchmark):
     bench = make_benchmark(n_exp=2, per_class=3)
     log: list = []
-    strategy = make_strategy([Recorder(log)])
+    strategy = make_strategy([Recorder(log)], trace=True)
     traced: list = []
     strategy.plugin_manager.add_hookcall_monitoring(lambda name, impls, kw: traced.append(name),
                                                     lambda outcome, name, impls, kw: None)
     strategy.train(bench.train_stream)
     expected = expected_training(2, 2, 3)
-    assert [e for _, e in log] == expected
-    assert [e for e in traced] == [e for e in expected if e != "loss_terms"]  # loss_terms is collected directly
+    assert [e for _, e in log][:len(expected)] == expected
+    collected = ("loss_terms", "needs_initial_eval")  # collected-result events are called directly
+    assert traced == [e for e in expected if e not in collected]
+
+
+def test_without_trace_monitoring_sees_nothing_and_the_loop_is_precompiled(make_benchmark):
+    log: list = []
+    strategy = make_strategy([Recorder(log)])
+    traced: list = []
+    strategy.plugin_manager.add_hookcall_monitoring(lambda name, impls, kw: traced.append(name),
+                                                    lambda outcome, name, impls, kw: None)
+    strategy.train(make_benchmark(n_exp=1).train_stream)
+    assert traced == [] and "before_forward" in [e for _, e in log]
 
 
 def test_eval_inside_train_follows_eval_every(make_benchmark):

@@ -2,7 +2,9 @@
 
 Common options: ``dataset_root`` (default ``$CLKERNEL_DATA``, else a per-user cache folder), ``download``
 (fetch missing files with torchvision), ``seed`` (class order, permutations, angles), ``fixed_class_order``,
-``return_task_id`` (experience ``i`` gets task label ``i``), ``train_transform`` / ``eval_transform``.
+``return_task_id`` (experience ``i`` gets task label ``i``), ``train_transform`` / ``eval_transform``. A
+:class:`~clkernel_benchmarks.DatasetNotFoundError` says where the files were looked for when they are missing
+and may not (``download=False``) or could not be downloaded.
 
 In-memory benchmarks (MNIST family, CIFAR, digits) hold the whole dataset as one uint8 tensor; conversion to
 float and normalisation happen per minibatch in one batched call. A ``train_transform`` / ``eval_transform`` you

@@ -15,6 +15,7 @@ from attrs import evolve
 
 from clkernel import Benchmark, CLDataset, Experience, Stream
 from clkernel.data import as_cl_dataset
+from clkernel.validate import positive_int, unit_interval
 from clkernel_benchmarks.scenario import OnlineExperience, ScenarioBenchmark, copy_benchmark
 from clkernel_benchmarks.transforms import add_input_op, input_shape, permutation, rotation
 
@@ -37,12 +38,6 @@ def _generator(seed: int | None) -> torch.Generator:
     else:
         g.manual_seed(int(seed))
     return g
-
-
-def _positive_int(value: Any, option: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{option} must be a positive integer, got {value!r}")
-    return value
 
 
 def _prepare(dataset: Any, what: str, train_transform: Transform | None, eval_transform: Transform | None,
@@ -93,7 +88,7 @@ def _classes_per_exp(n_classes: int, n_experiences: int | None, per_exp_classes:
         raise ValueError("give either per_exp_classes or first_exp_with_half_classes, not both")
     fixed: dict[int, int] = {}
     if per_exp_classes is not None and not isinstance(per_exp_classes, Mapping):
-        counts = [_positive_int(c, "each value of per_exp_classes") for c in per_exp_classes]
+        counts = [positive_int(c, f"per_exp_classes[{i}]", "nc_benchmark") for i, c in enumerate(per_exp_classes)]
         if n_experiences is not None and n_experiences != len(counts):
             raise ValueError(f"per_exp_classes lists {len(counts)} experiences but n_experiences={n_experiences}")
         if sum(counts) != n_classes:
@@ -102,7 +97,7 @@ def _classes_per_exp(n_classes: int, n_experiences: int | None, per_exp_classes:
         return counts
     if n_experiences is None:
         raise ValueError("nc_benchmark needs n_experiences (or per_exp_classes as a list of class counts)")
-    n = _positive_int(n_experiences, "n_experiences")
+    n = positive_int(n_experiences, "n_experiences", "nc_benchmark")
     if n > n_classes:
         raise ValueError(f"n_experiences={n} but the training set has only {n_classes} classes: every experience "
                          f"needs at least one")
@@ -110,7 +105,7 @@ def _classes_per_exp(n_classes: int, n_experiences: int | None, per_exp_classes:
         for exp, count in per_exp_classes.items():
             if isinstance(exp, bool) or not isinstance(exp, int) or not 0 <= exp < n:
                 raise ValueError(f"per_exp_classes names experience {exp!r}; experiences are 0..{n - 1}")
-            fixed[exp] = _positive_int(count, f"per_exp_classes[{exp}]")
+            fixed[exp] = positive_int(count, f"per_exp_classes[{exp}]", "nc_benchmark")
     if half:
         if n < 2:
             raise ValueError("first_exp_with_half_classes needs n_experiences >= 2")
@@ -162,6 +157,9 @@ def nc_benchmark(
     :param first_exp_with_half_classes: the first experience takes half of the classes, the others split the rest.
     :param train_transform: when it or ``eval_transform`` is given, both replace the datasets' own transforms
         (train group / eval group; batched for in-memory data).
+    :raises ValueError: for counts that do not add up, an ``n_experiences`` that is not a positive integer or
+        exceeds the class count, a bad ``fixed_class_order``, negative class ids, or an experience whose classes
+        have no test sample.
     """
     if class_ids_from_zero_in_each_exp and class_ids_from_zero_from_first_exp:
         raise ValueError("class_ids_from_zero_in_each_exp and class_ids_from_zero_from_first_exp exclude each other")
@@ -238,6 +236,9 @@ def ni_benchmark(
         every class (needs at least ``n_experiences`` samples per class); otherwise experiences only have
         (nearly) equal sizes. Sizes differ by at most one sample in both cases.
     :param fixed_exp_assignment: the sample indices of each experience, instead of a split.
+    :raises ValueError: for an ``n_experiences`` that is not a positive integer or exceeds the sample count (or
+        the per-class count with ``balance_experiences``), or an assignment that is empty, out of range or
+        overlapping.
     """
     train = _prepare(train_dataset, "ni_benchmark train_dataset", train_transform, eval_transform)
     test = _prepare(test_dataset, "ni_benchmark test_dataset", train_transform, eval_transform)
@@ -258,7 +259,7 @@ def ni_benchmark(
     else:
         if n_experiences is None:
             raise ValueError("ni_benchmark needs n_experiences (or fixed_exp_assignment)")
-        n = _positive_int(n_experiences, "n_experiences")
+        n = positive_int(n_experiences, "n_experiences", "ni_benchmark")
         if n_samples < n:
             raise ValueError(f"n_experiences={n} but the training set has only {n_samples} samples")
         if balance_experiences:
@@ -397,8 +398,11 @@ def permuted_benchmark(
 
     For in-memory data the permutation is one gather per minibatch on the stored pixels, before the dataset's
     own (batched) transforms; ``exp.info["permutation"]`` holds it (pixel ``p`` takes pixel ``perm[p]``).
+
+    :raises ValueError: for an ``n_experiences`` that is not a positive integer, or train and test samples of
+        different shapes.
     """
-    n = _positive_int(n_experiences, "n_experiences")
+    n = positive_int(n_experiences, "n_experiences", "permuted_benchmark")
     train = _prepare(train_dataset, "permuted_benchmark train_dataset", train_transform, eval_transform)
     test = _prepare(test_dataset, "permuted_benchmark test_dataset", train_transform, eval_transform)
     shape = _same_shapes(train, test, "permuted_benchmark")
@@ -425,13 +429,15 @@ def rotated_benchmark(
     :param n_experiences: number of experiences (default: one per angle of ``rotations``, else 10).
     :param rotations: the angles, one per experience; default: whole degrees drawn uniformly in [-180, 180]
         with ``seed``. ``exp.info["rotation"]`` holds each experience's angle.
+    :raises ValueError: when ``rotations`` and ``n_experiences`` disagree, or train and test samples have
+        different shapes.
     """
     if rotations is not None:
         angles = [float(a) for a in rotations]
         if not angles or (n_experiences is not None and len(angles) != n_experiences):
             raise ValueError(f"rotations lists {len(angles)} angles but n_experiences={n_experiences}")
     else:
-        n = _positive_int(10 if n_experiences is None else n_experiences, "n_experiences")
+        n = positive_int(10 if n_experiences is None else n_experiences, "n_experiences", "rotated_benchmark")
         angles = [float(a) for a in torch.randint(-180, 181, (n,), generator=_generator(seed)).tolist()]
     train = _prepare(train_dataset, "rotated_benchmark train_dataset", train_transform, eval_transform)
     test = _prepare(test_dataset, "rotated_benchmark test_dataset", train_transform, eval_transform)
@@ -459,8 +465,10 @@ def split_online_stream(
     experience's last, smaller one).
 
     :param shuffle: shuffle the samples of each experience (with ``seed``) before cutting.
+    :raises ValueError: for an ``experience_size`` that is not a positive integer, or when ``drop_last`` leaves
+        no mini-experience.
     """
-    size = _positive_int(experience_size, "experience_size")
+    size = positive_int(experience_size, "experience_size", "split_online_stream")
     exps = list(stream)
     name = stream.name if isinstance(stream, Stream) else "train"
     g = _generator(seed)
@@ -517,10 +525,12 @@ def benchmark_with_validation_stream(
 
     :param validation_size: fraction (0..1) of each experience's samples that move to the validation stream.
     :param class_balanced: take that fraction of every class of the experience (stratified), not of the whole.
+    :raises ValueError: for a ``validation_size`` outside (0, 1) or one leaving a part of some experience empty,
+        an unknown ``input_stream``, or an ``output_stream`` that exists already.
     """
-    if isinstance(validation_size, bool) or not isinstance(validation_size, (int, float)) or \
-            not 0 < validation_size < 1:
-        raise ValueError(f"validation_size must be a fraction between 0 and 1, got {validation_size!r}")
+    if unit_interval(validation_size, "validation_size", "benchmark_with_validation_stream",
+                     include_one=False) == 0:
+        raise ValueError("benchmark_with_validation_stream: validation_size must be a number in (0, 1), got 0")
     if input_stream not in benchmark.streams:
         raise ValueError(f"no stream {input_stream!r} to split (streams: {', '.join(benchmark.streams)})")
     if output_stream in benchmark.streams:

@@ -1,21 +1,142 @@
-"""Entry point of clkernel-benchmarks: registers every benchmark by name (cheap: no torchvision import here)."""
+"""Entry point of clkernel-benchmarks: registers every benchmark by name.
+
+Cheap to import (no torch, no torchvision): each registered factory is a stub that declares the options of the
+factory of the same name in :mod:`clkernel_benchmarks.classic` (``clkernel show`` and option parsing read them
+from its signature) and imports that module only when called. A test checks that the stubs' signatures match.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from typing import Any, Callable
 
 import clkernel
-from clkernel_benchmarks import classic
+
+__all__ = ["BENCHMARKS", "core50", "permuted_mnist", "register_benchmarks", "rotated_mnist", "split_cifar10",
+           "split_cifar100", "split_digits", "split_fmnist", "split_mnist", "split_tinyimagenet"]
+
+#: A transform option: called on a normalised float batch ``(B, C, H, W)`` (in-memory benchmarks) or on one
+#: image ``(C, H, W)`` (file-backed ones).
+Transform = Callable[[Any], Any]
+
+
+def _deferred(stub: Callable[..., Any]) -> Callable[..., Any]:
+    """A factory with ``stub``'s name, signature and docstring that calls ``classic.<name>``."""
+
+    @functools.wraps(stub)
+    def factory(**options: Any) -> Any:
+        from clkernel_benchmarks import classic
+
+        return getattr(classic, stub.__name__)(**options)
+
+    return factory
+
+
+@_deferred
+def split_mnist(*, n_experiences: int = 5, dataset_root: str | None = None, download: bool = True,
+                seed: int | None = 0, fixed_class_order: list[int] | None = None, return_task_id: bool = False,
+                class_ids_from_zero_in_each_exp: bool = False, train_transform: Transform | None = None,
+                eval_transform: Transform | None = None) -> Any:
+    """MNIST digits split by class: 5 experiences of 2 classes (60,000 train / 10,000 test, 1x28x28).
+
+    See :func:`clkernel_benchmarks.classic.split_mnist`.
+    """
+
+
+@_deferred
+def split_fmnist(*, n_experiences: int = 5, dataset_root: str | None = None, download: bool = True,
+                 seed: int | None = 0, fixed_class_order: list[int] | None = None, return_task_id: bool = False,
+                 class_ids_from_zero_in_each_exp: bool = False, train_transform: Transform | None = None,
+                 eval_transform: Transform | None = None) -> Any:
+    """Fashion-MNIST split by class: 5 experiences of 2 classes (60,000 train / 10,000 test, 1x28x28).
+
+    See :func:`clkernel_benchmarks.classic.split_fmnist`.
+    """
+
+
+@_deferred
+def permuted_mnist(*, n_experiences: int = 10, dataset_root: str | None = None, download: bool = True,
+                   seed: int | None = 0, return_task_id: bool = False, train_transform: Transform | None = None,
+                   eval_transform: Transform | None = None) -> Any:
+    """MNIST under a fixed random pixel permutation per experience: 10 experiences of all 10 classes.
+
+    See :func:`clkernel_benchmarks.classic.permuted_mnist`.
+    """
+
+
+@_deferred
+def rotated_mnist(*, n_experiences: int = 10, rotations: list[float] | None = None, dataset_root: str | None = None,
+                  download: bool = True, seed: int | None = 0, return_task_id: bool = False,
+                  train_transform: Transform | None = None, eval_transform: Transform | None = None) -> Any:
+    """MNIST rotated by one angle per experience: 10 experiences of all 10 classes.
+
+    ``rotations`` gives the angles in degrees. See :func:`clkernel_benchmarks.classic.rotated_mnist`.
+    """
+
+
+@_deferred
+def split_cifar10(*, n_experiences: int = 5, dataset_root: str | None = None, download: bool = True,
+                  seed: int | None = 0, fixed_class_order: list[int] | None = None, return_task_id: bool = False,
+                  class_ids_from_zero_in_each_exp: bool = False, train_transform: Transform | None = None,
+                  eval_transform: Transform | None = None) -> Any:
+    """CIFAR-10 split by class: 5 experiences of 2 classes (50,000 train / 10,000 test, 3x32x32).
+
+    See :func:`clkernel_benchmarks.classic.split_cifar10`.
+    """
+
+
+@_deferred
+def split_cifar100(*, n_experiences: int = 10, dataset_root: str | None = None, download: bool = True,
+                   seed: int | None = 0, fixed_class_order: list[int] | None = None, return_task_id: bool = False,
+                   class_ids_from_zero_in_each_exp: bool = False, train_transform: Transform | None = None,
+                   eval_transform: Transform | None = None) -> Any:
+    """CIFAR-100 split by class: 10 experiences of 10 classes (50,000 train / 10,000 test, 3x32x32).
+
+    See :func:`clkernel_benchmarks.classic.split_cifar100`.
+    """
+
+
+@_deferred
+def split_tinyimagenet(*, n_experiences: int = 10, dataset_root: str | None = None, download: bool = True,
+                       seed: int | None = 0, fixed_class_order: list[int] | None = None,
+                       return_task_id: bool = False, class_ids_from_zero_in_each_exp: bool = False,
+                       train_transform: Transform | None = None, eval_transform: Transform | None = None) -> Any:
+    """Tiny ImageNet split by class: 10 experiences of 20 classes (100,000 train / 10,000 val, 3x64x64).
+
+    See :func:`clkernel_benchmarks.classic.split_tinyimagenet`.
+    """
+
+
+@_deferred
+def core50(*, scenario: str = "ni", object_level: bool = True, mini: bool = False, n_experiences: int | None = None,
+           dataset_root: str | None = None, download: bool = True, seed: int | None = 0,
+           fixed_class_order: list[int] | None = None, return_task_id: bool = False,
+           train_transform: Transform | None = None, eval_transform: Transform | None = None) -> Any:
+    """CORe50 objects: ``ni`` (one experience per training session) or ``nc`` (new objects) scenario.
+
+    See :func:`clkernel_benchmarks.classic.core50`.
+    """
+
+
+@_deferred
+def split_digits(*, n_experiences: int = 5, seed: int | None = 0, fixed_class_order: list[int] | None = None,
+                 return_task_id: bool = False, class_ids_from_zero_in_each_exp: bool = False,
+                 train_transform: Transform | None = None, eval_transform: Transform | None = None) -> Any:
+    """UCI 8x8 handwritten digits, shipped with the package: 5 experiences of 2 classes, no download.
+
+    See :func:`clkernel_benchmarks.classic.split_digits`.
+    """
+
+
+#: Registered name -> factory (the stubs above).
+BENCHMARKS: dict[str, Callable[..., Any]] = {
+    "split-digits": split_digits, "split-mnist": split_mnist, "permuted-mnist": permuted_mnist,
+    "rotated-mnist": rotated_mnist, "split-fmnist": split_fmnist, "split-cifar10": split_cifar10,
+    "split-cifar100": split_cifar100, "split-tinyimagenet": split_tinyimagenet, "core50": core50,
+}
 
 
 @clkernel.hookimpl
 def register_benchmarks(register: Callable[..., None]) -> None:
-    register("split-digits", classic.split_digits, default=True)
-    register("split-mnist", classic.split_mnist)
-    register("permuted-mnist", classic.permuted_mnist)
-    register("rotated-mnist", classic.rotated_mnist)
-    register("split-fmnist", classic.split_fmnist)
-    register("split-cifar10", classic.split_cifar10)
-    register("split-cifar100", classic.split_cifar100)
-    register("split-tinyimagenet", classic.split_tinyimagenet)
-    register("core50", classic.core50)
+    for name, factory in BENCHMARKS.items():
+        register(name, factory, default=name == "split-digits")

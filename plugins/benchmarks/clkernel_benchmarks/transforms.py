@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from clkernel import CLDataset
+from clkernel.validate import non_negative_int, positive_number
 
 __all__ = ["Chain", "Normalize", "PixelGather", "RandomCropFlip", "add_input_op", "chain", "input_shape", "permutation",
            "rotation"]
@@ -51,8 +52,8 @@ class Normalize:
     def __init__(self, mean: Sequence[float], std: Sequence[float], scale: float = 255.0) -> None:
         if len(mean) != len(std):
             raise ValueError(f"Normalize: mean has {len(mean)} values but std has {len(std)}")
-        if any(s <= 0 for s in std):
-            raise ValueError(f"Normalize: std must be positive, got {list(std)}")
+        for i, s in enumerate(std):
+            positive_number(s, f"std[{i}]", "Normalize")
         self.mean, self.std, self.scale = tuple(mean), tuple(std), scale
         mul = torch.tensor([1.0 / (s * scale) for s in std], dtype=torch.float32)
         add = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32)
@@ -145,8 +146,7 @@ class RandomCropFlip:
     """
 
     def __init__(self, padding: int = 4, flip: bool = True) -> None:
-        if padding < 0:
-            raise ValueError(f"RandomCropFlip: padding must be >= 0, got {padding}")
+        non_negative_int(padding, "padding", "RandomCropFlip")
         self.padding, self.flip = padding, flip
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

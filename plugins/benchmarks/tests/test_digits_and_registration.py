@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import subprocess
+import sys
 from importlib import resources
 
 import pytest
@@ -59,6 +61,27 @@ def test_registration_registers_every_benchmark_with_split_digits_as_default():
             assert "dataset_root" in options and "download" in options
     bm = reg.load("benchmark", "split-digits", n_experiences=2, seed=3)
     assert len(bm.train_stream) == 2 and bm.n_classes_per_exp == [5, 5]
+
+
+def test_registered_stubs_declare_exactly_the_options_of_the_classic_factories():
+    from clkernel_benchmarks import classic
+
+    assert sorted(registration.BENCHMARKS) == NAMES
+    for name, stub in registration.BENCHMARKS.items():
+        real = getattr(classic, stub.__name__)
+        assert stub.__name__ == name.replace("-", "_")
+        ours = inspect.signature(stub, eval_str=True).parameters
+        theirs = inspect.signature(real, eval_str=True).parameters
+        assert [str(p) for p in ours.values()] == [str(p) for p in theirs.values()], name
+        assert inspect.getdoc(stub).split("\n")[0] == inspect.getdoc(real).split("\n")[0], name
+
+
+def test_importing_the_registration_module_imports_neither_torch_nor_the_benchmarks():
+    code = ("import sys, clkernel_benchmarks.registration as r; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision') "
+            "or m == 'clkernel_benchmarks.classic'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_options_parse_from_the_command_line_form():

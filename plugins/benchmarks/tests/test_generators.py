@@ -192,8 +192,11 @@ def test_validation_stream_is_disjoint_from_the_new_train_stream(toy, class_bala
 def test_validation_stream_errors(toy):
     train, test = toy(n_classes=2, per_class=2)
     bm = nc_benchmark(train, test, 2, seed=0)  # experiences of 2 samples
-    with pytest.raises(ValueError, match="fraction between 0 and 1"):
+    with pytest.raises(ValueError, match=r"benchmark_with_validation_stream: validation_size must be a number in "
+                                         r"\[0, 1\), got 1.5"):
         benchmark_with_validation_stream(bm, 1.5)
+    with pytest.raises(ValueError, match=r"validation_size must be a number in \(0, 1\), got 0"):
+        benchmark_with_validation_stream(bm, 0)
     with pytest.raises(ValueError, match="validation part empty"):
         benchmark_with_validation_stream(bm, 0.1)
     with pytest.raises(ValueError, match="already has a stream 'test'"):

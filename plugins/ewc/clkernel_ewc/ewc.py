@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 import clkernel
-from clkernel import CLDataset, TrainState, iterate_minibatches
+from clkernel import CLDataset, TrainState, iterate_minibatches, model_forward
+from clkernel.validate import non_negative_number, positive_int, unit_interval
 
 __all__ = ["EWC", "compute_importances", "ewc_penalty"]
 
@@ -32,15 +33,22 @@ def compute_importances(model: torch.nn.Module, dataset: CLDataset, *,
     """The diagonal Fisher information of ``model``'s parameters on ``dataset``: the mean over minibatches (in
     dataset order) of the squared gradient of ``criterion`` (default cross-entropy), the model in eval mode.
 
-    Parameters that get no gradient have zero importance. The model's gradients are cleared afterwards and its
-    train/eval mode restored.
+    The model gets each minibatch's task labels when it takes them (:func:`clkernel.model_forward`). Parameters
+    that get no gradient have zero importance. The model's gradients are cleared afterwards and its train/eval
+    mode restored.
+
+    :param batch_size: samples per minibatch (the mean is over minibatches, as in Avalanche).
+    :param device: where minibatches go (default: where the parameters are).
+    :returns: parameter name -> importance, a tensor of the parameter's shape, dtype and device, for every
+        parameter that requires grad.
+    :raises ValueError: for an empty dataset or a ``batch_size`` that is not a positive integer.
     """
+    positive_int(batch_size, "batch_size", "compute_importances")
     criterion = criterion or torch.nn.CrossEntropyLoss()
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if device is None:
         device = next(iter(params.values())).device if params else torch.device("cpu")
     importances = {n: torch.zeros_like(p) for n, p in params.items()}
-    takes_t = getattr(model, "takes_task_labels", False)
     was_training = model.training
     model.eval()
     batches = 0
@@ -48,7 +56,7 @@ def compute_importances(model: torch.nn.Module, dataset: CLDataset, *,
         for x, y, t in iterate_minibatches(dataset, batch_size, shuffle=False):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             model.zero_grad(set_to_none=True)
-            out = model(x, t.to(device, non_blocking=True)) if takes_t else model(x)
+            out = model_forward(model, x, t.to(device, non_blocking=True))
             criterion(out, y).backward()
             for n, p in params.items():
                 if p.grad is not None:
@@ -69,7 +77,10 @@ def ewc_penalty(model: torch.nn.Module, importances: Mapping[str, torch.Tensor] 
 
     ``importances`` and ``saved_params`` are one dict (one experience) or aligned sequences of dicts, name ->
     tensor. Parameters missing from a dict are not penalised; a parameter that grew since (a larger head) is
-    penalised on the part it had then.
+    penalised on the part it had then (the leading slice of each dimension).
+
+    :returns: a scalar tensor on the parameters' device, differentiable with respect to them.
+    :raises ValueError: when ``importances`` and ``saved_params`` have different lengths.
     """
     if isinstance(importances, Mapping):
         importances, saved_params = [importances], [saved_params]  # type: ignore[list-item]
@@ -97,15 +108,19 @@ def _grow(t: torch.Tensor, shape: torch.Size, name: str) -> torch.Tensor:
 
 
 class EWC:
-    """Elastic Weight Consolidation: a quadratic penalty keeping important parameters near their past values.
+    """Elastic Weight Consolidation (Kirkpatrick et al., 2017, "Overcoming catastrophic forgetting in neural
+    networks"): a quadratic penalty keeping important parameters near their past values (see the module
+    docstring for the exact terms).
 
-    :param ewc_lambda: weight of the penalty.
+    :param ewc_lambda: weight of the penalty (>= 0).
     :param mode: ``"separate"`` (one term per past experience) or ``"online"`` (one running importance,
         decayed by ``decay_factor`` at each experience, anchored at the last parameters).
-    :param decay_factor: online mode only, required there.
+    :param decay_factor: online mode only, required there: a number in [0, 1].
     :param keep_importance_data: keep every experience's importances and parameters in
         ``importances`` / ``saved_params`` (for inspection). The penalty never needs them (see the module
         docstring), so by default only the last experience's are kept.
+    :raises ValueError: for an option out of its range, or ``decay_factor`` given in separate mode or missing in
+        online mode.
     """
 
     name = "ewc"
@@ -113,17 +128,15 @@ class EWC:
 
     def __init__(self, ewc_lambda: float = 1.0, mode: str = "separate", decay_factor: float | None = None,
                  keep_importance_data: bool = False) -> None:
-        if isinstance(ewc_lambda, bool) or not isinstance(ewc_lambda, (int, float)) or ewc_lambda < 0:
-            raise ValueError(f"{self.name}: ewc_lambda must be a non-negative number, got {ewc_lambda!r}")
+        ewc_lambda = non_negative_number(ewc_lambda, "ewc_lambda", self.name)
         if mode not in self.MODES:
             raise ValueError(f"{self.name}: mode must be one of {self.MODES}, got {mode!r}")
-        if mode == "online" and (decay_factor is None or not 0 <= decay_factor <= 1):
-            raise ValueError(f"{self.name}: decay_factor must be a number in [0, 1] in online mode, got "
-                             f"{decay_factor!r}")
-        if mode == "separate" and decay_factor is not None:
+        if mode == "online":
+            decay_factor = unit_interval(decay_factor, "decay_factor", self.name)
+        elif decay_factor is not None:
             raise ValueError(f"{self.name}: decay_factor applies to mode='online' only, got "
                              f"decay_factor={decay_factor!r} with mode='separate'")
-        self.ewc_lambda, self.mode, self.decay_factor = float(ewc_lambda), mode, decay_factor
+        self.ewc_lambda, self.mode, self.decay_factor = ewc_lambda, mode, decay_factor
         self.keep_importance_data = keep_importance_data
         #: Per experience (the experience's count), importances and parameters after training on it.
         self.importances: dict[int, Tensors] = {}
@@ -158,7 +171,11 @@ class EWC:
             self._anchor.append((p, a.to(p.dtype), mu.to(p.dtype)))
 
     def penalty(self, model: torch.nn.Module | None = None) -> torch.Tensor | None:
-        """The current penalty (times ``ewc_lambda``), or None before the first experience ends."""
+        """The current penalty (times ``ewc_lambda``): a scalar tensor on the parameters' device, differentiable
+        with respect to them; None before the first experience ends.
+
+        :param model: bind to this model's parameters first (the plugin binds to the training model itself).
+        """
         if model is not None:
             self._bind(model)
         if not self._anchor:
@@ -182,7 +199,11 @@ class EWC:
 
     @torch.no_grad()
     def consolidate(self, model: torch.nn.Module, importances: Mapping[str, torch.Tensor]) -> None:
-        """Add one experience: ``importances`` computed for ``model``'s current parameters (the new anchor)."""
+        """Add one experience: ``importances`` (name -> tensor of the parameter's shape, e.g. from
+        :func:`compute_importances`) computed for ``model``'s current parameters, which become the new anchor.
+
+        :raises ValueError: when a parameter changed shape other than by growing.
+        """
         params = {n: p.detach() for n, p in model.named_parameters() if n in importances}
         e = self.experiences
         self.importances[e] = {n: f.detach().clone() for n, f in importances.items()}
@@ -212,8 +233,9 @@ class EWC:
 
     def state_dict(self) -> dict[str, Any]:
         return {"sums": {n: {k: v.clone() for k, v in s.items()} for n, s in self._sums.items()},
-                "const": self._const, "experiences": self.experiences, "importances": self.importances,
-                "saved_params": self.saved_params}
+                "const": self._const, "experiences": self.experiences,
+                "importances": {e: dict(f) for e, f in self.importances.items()},
+                "saved_params": {e: dict(p) for e, p in self.saved_params.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._sums = {n: dict(s) for n, s in state["sums"].items()}

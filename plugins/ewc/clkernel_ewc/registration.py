@@ -6,6 +6,8 @@ from typing import Any, Callable
 
 import clkernel
 
+__all__ = ["ewc", "register_plugins"]
+
 
 def ewc(ewc_lambda: float = 1.0, mode: str = "separate", decay_factor: float | None = None,
         keep_importance_data: bool = False) -> Any:

@@ -1,17 +1,27 @@
 """clkernel-loggers: where metric values go. Progress bars, text, CSV, JSON lines, TensorBoard and a final report.
 
 Every logger is a training plugin implementing the kernel's ``log_metrics(state, values)`` event; none imports
-clkernel-metrics. Values are recognised by type and by the documented naming scheme
-``QUANTITY_GRANULARITY/PHASE/STREAM[/expNNN][/taskNNN][/classNNN]``. Only rank 0 writes.
+clkernel-metrics and none computes a metric: each displays or writes the values it receives. Values are
+recognised by type and by the kernel's naming scheme (:mod:`clkernel.names`); names outside the scheme are
+accepted and written as unstructured. The kernel calls ``log_metrics`` and ``output_files`` on rank 0 only, so
+loggers open their files on the first value and never check the rank; ``after_run`` closes what they opened.
+
+Names are imported on first use (``lazy_loader``), so that ``clkernel plugins``, which imports every entry point's
+registration module, does not import torch through this package.
 """
 
-from clkernel_loggers.common import LoggerPathError, split_name
-from clkernel_loggers.files import CSV_COLUMNS, CSVLogger, JSONLLogger, TextLogger
-from clkernel_loggers.interactive import InteractiveLogger
-from clkernel_loggers.report import ReportLogger
-from clkernel_loggers.tensorboard import TensorBoardLogger
+import lazy_loader
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["CSV_COLUMNS", "CSVLogger", "InteractiveLogger", "JSONLLogger", "LoggerPathError", "ReportLogger",
-           "TensorBoardLogger", "TextLogger", "__version__", "split_name"]
+_EXPORTS = {
+    "common": ["LoggerPathError", "metric_parts"],
+    "files": ["CSV_COLUMNS", "CSVLogger", "JSONLLogger", "TextLogger"],
+    "interactive": ["InteractiveLogger"],
+    "report": ["ReportLogger"],
+    "tensorboard": ["TensorBoardLogger"],
+}
+
+__getattr__, __dir__, _lazy_all = lazy_loader.attach(__name__, submod_attrs=_EXPORTS)
+
+__all__ = sorted([*_lazy_all, "__version__"])

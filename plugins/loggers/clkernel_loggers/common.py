@@ -1,12 +1,15 @@
-"""What every logger shares: checking its folder at construction, recognising values, splitting names.
+"""What every logger shares: checking its folder at construction, recognising values, reading names.
 
 Loggers never import clkernel-metrics: they recognise values by type (numbers and one-element tensors are
-scalars, 2-D tensors are matrices, matplotlib figures are figures) and read names of the documented scheme
-``QUANTITY_GRANULARITY/PHASE/STREAM[/expNNN][/taskNNN][/classNNN]`` by splitting them on ``/``.
+scalars, 1-D tensors vectors, 2-D tensors matrices, matplotlib figures figures) and read names of the kernel's
+scheme ``QUANTITY_GRANULARITY/PHASE/STREAM[/expNNN][/taskNNN][/classNNN]`` with
+:func:`clkernel.parse_metric_name`. A name outside the scheme (a third-party metric's) is accepted too: its
+value is written as unstructured (:func:`metric_parts` gives None).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -17,8 +20,10 @@ from typing import Any, Iterator
 
 import torch
 
-__all__ = ["LoggerPathError", "default_run_dir", "flatten_config", "is_figure", "is_matrix", "prepare_dir",
-           "scalar", "split_name", "to_jsonable", "versions", "write_atomic"]
+from clkernel.names import MetricName, parse_metric_name
+
+__all__ = ["LoggerPathError", "default_run_dir", "flatten_config", "is_figure", "is_matrix", "is_vector",
+           "metric_parts", "prepare_dir", "scalar", "to_jsonable", "versions", "write_atomic"]
 
 
 class LoggerPathError(OSError):
@@ -74,24 +79,25 @@ def is_matrix(value: Any) -> bool:
     return (isinstance(value, torch.Tensor) or type(value).__module__ == "numpy") and getattr(value, "ndim", 0) == 2
 
 
+def is_vector(value: Any) -> bool:
+    """A 1-D tensor or array of more than one element (the initial accuracies)."""
+    return ((isinstance(value, torch.Tensor) or type(value).__module__ == "numpy") and getattr(value, "ndim", 0) == 1
+            and scalar(value) is None)
+
+
 def is_figure(value: Any) -> bool:
     """A matplotlib figure (recognised without importing matplotlib)."""
     return any(c.__name__ == "Figure" and c.__module__.startswith("matplotlib") for c in type(value).__mro__)
 
 
-def split_name(name: str) -> dict[str, Any]:
-    """The parts of a name of the scheme: ``metric`` (first part), ``phase``, ``stream``, ``exp``, ``task``,
-    ``class``; parts that are absent (or a name of another form) give None."""
-    parts = name.split("/")
-    out: dict[str, Any] = {"metric": parts[0], "phase": None, "stream": None, "exp": None, "task": None,
-                           "class": None}
-    if len(parts) >= 3:
-        out["phase"], out["stream"] = parts[1], parts[2]
-        for part in parts[3:]:
-            for key in ("exp", "task", "class"):
-                if part.startswith(key) and part[len(key):].isdigit():
-                    out[key] = int(part[len(key):])
-    return out
+@functools.lru_cache(maxsize=4096)  # names repeat: parse each once
+def metric_parts(name: str) -> MetricName | None:
+    """:func:`clkernel.parse_metric_name` of ``name``, or None for a name outside the scheme (loggers accept
+    any name and write such values as unstructured)."""
+    try:
+        return parse_metric_name(name)
+    except ValueError:
+        return None
 
 
 def _clean(x: Any) -> Any:

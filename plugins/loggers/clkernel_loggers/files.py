@@ -1,7 +1,8 @@
 """Loggers that write files in the run folder: human-readable text, CSV (one file per phase), JSON lines.
 
-Files are opened on the first value and flushed at the end of every epoch, experience and evaluation; only
-rank 0 writes. The folder is checked when the logger is built.
+The folder is checked when the logger is built; files are opened on the first value (in ``log_metrics``, which the
+kernel calls on rank 0 only, so other ranks never open one), flushed at the end of every epoch, experience and
+evaluation, and closed in ``after_run``. ``output_files`` lists them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import IO, Any
 import clkernel
 from clkernel import TrainState
 
-from clkernel_loggers.common import is_figure, is_matrix, prepare_dir, scalar, split_name, to_jsonable
+from clkernel_loggers.common import (
+    is_figure, is_matrix, is_vector, metric_parts, prepare_dir, scalar, to_jsonable,
+)
 
 __all__ = ["CSV_COLUMNS", "CSVLogger", "JSONLLogger", "TextLogger"]
 
@@ -25,7 +28,7 @@ CSV_COLUMNS = ("step", "wall_time", "experiences_trained", "name", "metric", "st
 
 
 class _FileLogger:
-    """Opens files lazily in ``run_dir``, flushes them at boundaries, closes them on :meth:`close`."""
+    """Opens files lazily in ``run_dir``, flushes them at boundaries, closes them in ``after_run``."""
 
     name = "file"
 
@@ -46,39 +49,44 @@ class _FileLogger:
                 f.write(header)
         return f
 
-    def files(self) -> list[Path]:
-        """The files written so far (also after :meth:`close`)."""
-        return [self.run_dir / name for name in self._written]
-
     def flush(self) -> None:
+        """Flush the open files (nothing when none is open)."""
         for f in self._files.values():
             f.flush()
 
-    def close(self) -> None:
-        """Flush and close the files (a later value opens them again, appending)."""
+    @clkernel.hookimpl(trylast=True)
+    def after_training_epoch(self, state: TrainState) -> None:
+        self.flush()
+
+    @clkernel.hookimpl(trylast=True)
+    def after_training_exp(self, state: TrainState) -> None:
+        self.flush()
+
+    @clkernel.hookimpl(trylast=True)
+    def after_eval(self, state: TrainState) -> None:
+        self.flush()
+
+    @clkernel.hookimpl
+    def after_run(self, state: TrainState) -> None:
+        """Close the files (a later value opens them again, appending)."""
         for f in self._files.values():
             f.close()
         self._files = {}
 
-    @clkernel.hookimpl(trylast=True)
-    def after_training_epoch(self, state: TrainState) -> None:
-        if state.rank == 0:
-            self.flush()
-
-    @clkernel.hookimpl(trylast=True)
-    def after_training_exp(self, state: TrainState) -> None:
-        if state.rank == 0:
-            self.flush()
-
-    @clkernel.hookimpl(trylast=True)
-    def after_eval(self, state: TrainState) -> None:
-        if state.rank == 0:
-            self.flush()
+    @clkernel.hookimpl
+    def output_files(self, state: TrainState) -> list[Path]:
+        """The files written, in the order they were first opened."""
+        return [self.run_dir / name for name in self._written]
 
 
 class CSVLogger(_FileLogger):
-    """Scalars in CSV files, one per phase: ``metrics_train.csv``, ``metrics_eval.csv`` (``metrics_other.csv`` for
-    names outside the scheme), columns :data:`CSV_COLUMNS`. Matrices and figures are left to other loggers."""
+    """Scalars in CSV files, one per phase: ``metrics_train.csv``, ``metrics_eval.csv`` (``metrics_other.csv``
+    for names outside the scheme), columns :data:`CSV_COLUMNS`; values are written with ``repr`` (they read back
+    exactly). Vectors, matrices and figures are left to other loggers.
+
+    :param run_dir: the folder (created; default ``runs/<date-time>``).
+    :raises LoggerPathError: when the folder cannot be written.
+    """
 
     name = "csv"
 
@@ -88,22 +96,21 @@ class CSVLogger(_FileLogger):
 
     @clkernel.hookimpl
     def log_metrics(self, state: TrainState, values: dict[str, Any]) -> None:
-        if state.rank != 0:
-            return
         now = time.time()
         for name, value in values.items():
             v = scalar(value)
             if v is None:
                 continue
-            parts = split_name(name)
-            phase = parts["phase"] if parts["phase"] in ("train", "eval") else "other"
-            filename = f"metrics_{phase}.csv"
+            parts = metric_parts(name)
+            filename = f"metrics_{parts.phase if parts is not None else 'other'}.csv"
             writer = self._writers.get(filename)
             if writer is None or filename not in self._files:
                 writer = self._writers[filename] = csv.writer(self._open(filename, ",".join(CSV_COLUMNS) + "\n"))
-            writer.writerow([state.iteration, f"{now:.3f}", state.experiences_trained, name, parts["metric"],
-                             parts["stream"] or "", _blank(parts["exp"]), _blank(parts["task"]),
-                             _blank(parts["class"]), repr(v)])
+            if parts is None:
+                row = ["", "", "", "", ""]
+            else:
+                row = [parts.metric, parts.stream, _blank(parts.exp), _blank(parts.task), _blank(parts.cls)]
+            writer.writerow([state.iteration, f"{now:.3f}", state.experiences_trained, name, *row, repr(v)])
 
 
 def _blank(x: Any) -> Any:
@@ -111,8 +118,12 @@ def _blank(x: Any) -> Any:
 
 
 class JSONLLogger(_FileLogger):
-    """One JSON object per metric value in ``metrics.jsonl``: ``step``, ``wall_time``, ``experiences_trained``,
-    ``name``, ``value`` (a number, or nested lists for a tensor; NaN as null). Figures are skipped."""
+    """One JSON object per metric value in ``filename`` (``metrics.jsonl``): ``step`` (``state.iteration``),
+    ``wall_time`` (Unix seconds), ``experiences_trained``, ``name``, ``value`` (a number, or nested lists for a
+    tensor or array; NaN and infinities as null). Figures are skipped.
+
+    :raises LoggerPathError: when the folder cannot be written.
+    """
 
     name = "jsonl"
 
@@ -122,8 +133,6 @@ class JSONLLogger(_FileLogger):
 
     @clkernel.hookimpl
     def log_metrics(self, state: TrainState, values: dict[str, Any]) -> None:
-        if state.rank != 0:
-            return
         now = round(time.time(), 3)
         f = self._open(self.filename)
         for name, value in values.items():
@@ -136,8 +145,11 @@ class JSONLLogger(_FileLogger):
 
 
 class TextLogger(_FileLogger):
-    """A human-readable log, ``log.txt``: one line per batch of values, with the step, the phase and where the
-    loop is; matrices follow on their own lines."""
+    """A human-readable log, ``filename`` (``log.txt``): one line per batch of values, with the step, the phase
+    and where the loop is; vectors and matrices follow on their own lines (``-`` where NaN).
+
+    :raises LoggerPathError: when the folder cannot be written.
+    """
 
     name = "text"
 
@@ -147,8 +159,6 @@ class TextLogger(_FileLogger):
 
     @clkernel.hookimpl
     def log_metrics(self, state: TrainState, values: dict[str, Any]) -> None:
-        if state.rank != 0:
-            return
         f = self._open(self.filename)
         where = "eval" if not state.is_training else f"train epoch {state.epoch}"
         exp = state.experience.index if state.experience is not None else "-"
@@ -160,6 +170,10 @@ class TextLogger(_FileLogger):
             elif is_matrix(value):
                 rows = "\n".join("    " + " ".join(_cell(x) for x in row) for row in to_jsonable(value))
                 others.append(f"  {name} =\n{rows}")
+            elif is_vector(value):
+                others.append(f"  {name} =\n    " + " ".join(_cell(x) for x in to_jsonable(value)))
+            elif isinstance(value, str):
+                others.append(f"  {name} = {value}")
             else:
                 others.append(f"  {name} = <{type(value).__name__}>")
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")

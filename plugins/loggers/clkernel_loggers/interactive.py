@@ -1,11 +1,27 @@
 """Progress in the terminal: a tqdm bar per training epoch and per evaluation, and summary lines.
 
-The bars show the running loss and accuracy, which this logger computes itself from ``state.loss`` and
-``state.mb_output`` so that they appear whatever metrics are chosen: per minibatch it only keeps detached
-references, folded on the device every few minibatches; it synchronises only when a bar redraws (at most
-twice a second) and once per epoch / evaluation. Summary lines show the values that metrics logged (by name:
-``*_epoch/train/...``, ``*_stream/eval/...``, ``acc_exp/eval/...``). When the output is not a terminal there are
-no bars, only the lines.
+The logger displays; it computes nothing. Everything it shows was received through ``log_metrics``, so a
+third-party metric logging names of the scheme (:mod:`clkernel.names`) appears like the first-party ones:
+
+* the training bar's postfix: the last ``QUANTITY_running_epoch/train/STREAM`` values of the epoch (the default
+  metrics log the running loss and accuracy every 32 iterations); it redraws at most twice a second, turning
+  those 0-d tensors into numbers only then;
+* the evaluation bar's postfix: the ``QUANTITY_exp/eval/STREAM/expNNN`` values of the last evaluated experience;
+* a line per epoch: its ``*_epoch/train/*`` values (else its last running values), iterations and seconds;
+* a line per trained experience: the ``*_epoch`` values of its last epoch and its ``*_exp/train/*`` values;
+* a line per evaluation: the ``*_stream`` and ``*_exp_mean`` values of the evaluated stream, and ``acc_exp`` of
+  each of its experiences.
+
+Values for a task or a class (``.../taskNNN``, ``.../classNNN``), non-scalars and names outside the scheme are not
+shown (other loggers write them).
+
+**Ranks, without checking the rank.** Every training event fires on every rank, but the kernel calls
+``log_metrics`` on rank 0 only. The logger shows nothing, no line and no bar, until it has received a first
+value: other ranks never receive one, so they stay silent. On rank 0 the first training bar opens on the first
+running value (at the iteration it arrives, counting from there to the end of the epoch); once a value has been
+received, bars open when their epoch or evaluation starts. A run with no metric at all shows nothing.
+
+When the output is not a terminal there are no bars, only the lines.
 """
 
 from __future__ import annotations
@@ -16,111 +32,25 @@ import sys
 import time
 from typing import IO, Any
 
-import torch
-
 import clkernel
 from clkernel import TrainState
 
-from clkernel_loggers.common import scalar, split_name
+from clkernel_loggers.common import metric_parts, scalar
 
-__all__ = ["InteractiveLogger"]
+__all__ = ["REFRESH_S", "InteractiveLogger"]
 
+#: Seconds between two redraws of a bar's values (at most).
 REFRESH_S = 0.5
-FOLD_EVERY = 32
-
-
-class _Running:
-    """Running loss and accuracy of an epoch or an evaluation, accumulated on the device.
-
-    Training passes ``state.loss``; evaluation passes None and the loss comes from ``criterion`` on the outputs.
-    """
-
-    def __init__(self, criterion: Any = None) -> None:
-        self.criterion = criterion
-        self.losses: list[torch.Tensor] = []
-        self.sizes: list[int] = []
-        self.outputs: list[torch.Tensor] = []
-        self.targets: list[torch.Tensor] = []
-        self.loss_sum: torch.Tensor | float | None = None
-        self.correct: torch.Tensor | float = 0.0
-        self.count = 0
-        self.with_accuracy = True
-
-    def add(self, output: Any, target: torch.Tensor, loss: torch.Tensor | None) -> None:
-        n = int(target.shape[0])
-        self.count += n
-        if loss is not None:
-            self.losses.append(loss.detach())
-            self.sizes.append(n)
-        if self.with_accuracy and isinstance(output, torch.Tensor) and output.dim() == target.dim() + 1:
-            self.outputs.append(output.detach())
-            self.targets.append(target)
-        else:
-            self.with_accuracy = False
-            self.outputs, self.targets = [], []
-        if len(self.targets) >= FOLD_EVERY or len(self.losses) >= FOLD_EVERY:
-            self.fold()
-
-    def _add_loss(self, value: torch.Tensor | float) -> None:
-        self.loss_sum = value if self.loss_sum is None else self.loss_sum + value
-
-    def fold(self) -> None:
-        """Add the kept minibatches to the device sums (no synchronisation)."""
-        threads = torch.get_num_threads()
-        if threads > 1:  # tiny reductions: waking OpenMP threads for them costs more than it saves
-            torch.set_num_threads(1)
-        try:
-            self._fold()
-        finally:
-            if threads > 1:
-                torch.set_num_threads(threads)
-
-    def _fold(self) -> None:
-        if self.losses:
-            if len(set(self.sizes)) == 1:
-                self._add_loss(torch.stack([x.reshape(()) for x in self.losses]).sum() * self.sizes[0])
-            else:
-                self._add_loss(sum(x.reshape(()) * n for x, n in zip(self.losses, self.sizes)))
-        if self.targets:
-            output, target = torch.cat(self.outputs), torch.cat(self.targets)
-            self.correct = self.correct + (output.argmax(-1) == target).sum()
-            if not self.sizes and self.criterion is not None:
-                value = _criterion_sum(self.criterion, output, target)
-                if value is not None:
-                    self._add_loss(value)
-        self.losses, self.sizes, self.outputs, self.targets = [], [], [], []
-
-    def values(self) -> dict[str, float]:
-        """Running loss and accuracy (one synchronisation)."""
-        self.fold()
-        if self.count == 0:
-            return {}
-        out = {}
-        if self.loss_sum is not None:
-            out["loss"] = float(self.loss_sum) / self.count
-        if self.with_accuracy:
-            out["acc"] = float(self.correct) / self.count
-        return out
-
-
-def _criterion_sum(criterion: Any, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
-    try:
-        loss = criterion(output, target)
-    except Exception:  # noqa: BLE001 - the bar shows accuracy only when the criterion cannot run on outputs
-        return None
-    reduction = getattr(criterion, "reduction", "mean")
-    if loss.dim() > 0 or reduction == "none":
-        return loss.sum()
-    return loss if reduction == "sum" else loss * output.shape[0]
 
 
 class InteractiveLogger:
-    """A progress bar per training epoch and per evaluation, with running loss and accuracy, and a summary line
-    per epoch, training experience and evaluation; plain lines when the output is not a terminal.
+    """A progress bar per training epoch and per evaluation, showing the values received, and a summary line per
+    epoch, training experience and evaluation; plain lines when the output is not a terminal.
 
     :param stream: ``stderr`` or ``stdout``.
     :param bars: force the bars on or off; by default they are on when the output is a terminal.
     :param file: write there instead of ``stream`` (any text file object).
+    :raises ValueError: for another ``stream``.
     """
 
     name = "interactive"
@@ -133,12 +63,15 @@ class InteractiveLogger:
             isatty = getattr(self.file, "isatty", None)
             bars = bool(isatty and isatty())
         self.bars = bars
+        self._active = False  # a value was received: this process displays (rank 0)
         self._bar: Any = None
-        self._running = _Running()
         self._next_refresh = 0.0
-        self._received: dict[str, Any] = {}
-        self._start = 0.0
-        self._exp_start = 0.0
+        self._running: dict[str, Any] = {}  # quantity -> last running value of the epoch
+        self._epoch: dict[str, Any] = {}  # QUANTITY_epoch -> value, this epoch
+        self._exp: dict[str, Any] = {}  # QUANTITY_epoch / QUANTITY_exp -> value, this training experience
+        self._eval: dict[str, Any] = {}  # name -> value, this evaluation
+        self._saved: list[tuple[Any, dict[str, Any], float]] = []  # what an evaluation interrupts
+        self._epoch_start = self._exp_start = self._eval_start = 0.0
 
     # ------------------------------------------------------------------ output
 
@@ -148,140 +81,167 @@ class InteractiveLogger:
         else:
             print(line, file=self.file, flush=True)
 
-    def _open_bar(self, total: int | None, desc: str, leave: bool) -> None:
+    def _open_bar(self, total: int | None, desc: str, initial: int = 0) -> None:
         self._close_bar()
-        if self.bars:
-            from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-            size = shutil.get_terminal_size((0, 0))  # 0: unknown (a pseudo-terminal without a size)
-            shape = {"dynamic_ncols": True} if size.columns > 0 and size.lines > 0 else {"ncols": 100, "nrows": 24}
-            self._bar = tqdm(total=total, desc=desc, file=self.file, leave=leave, unit="it", **shape)
-        self._next_refresh = time.monotonic() + REFRESH_S
+        size = shutil.get_terminal_size((0, 0))  # 0: unknown (a pseudo-terminal without a size)
+        shape = {"dynamic_ncols": True} if size.columns > 0 and size.lines > 0 else {"ncols": 100, "nrows": 24}
+        self._bar = tqdm(total=total, initial=initial, desc=desc, file=self.file, leave=False, unit="it", **shape)
+        self._next_refresh = 0.0
 
-    def _close_bar(self, postfix: dict[str, float] | None = None) -> None:
+    def _open_train_bar(self, state: TrainState, initial: int) -> None:
+        loader = state.dataloader
+        total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+        exp = state.experience.index if state.experience is not None else 0
+        self._open_bar(total, f"train exp {exp} epoch {state.epoch + 1}/{state.train_epochs}", initial)
+
+    def _close_bar(self, postfix: dict[str, Any] | None = None) -> None:
         if self._bar is not None:
             if postfix:
-                self._bar.set_postfix(_fmt_postfix(postfix), refresh=False)
+                self._bar.set_postfix(_postfix(postfix), refresh=False)
             self._bar.close()
             self._bar = None
 
-    def _tick(self, state: TrainState) -> None:
-        if self._bar is None:
-            return
-        self._bar.update(1)
-        now = time.monotonic()
-        if now >= self._next_refresh:
-            self._next_refresh = now + REFRESH_S
-            self._bar.set_postfix(_fmt_postfix(self._running.values()), refresh=False)
-
-    def close(self) -> None:
-        self._close_bar()
-
-    # ------------------------------------------------------------------ events
+    # ------------------------------------------------------------------ values
 
     @clkernel.hookimpl
     def log_metrics(self, state: TrainState, values: dict[str, Any]) -> None:
-        if state.rank == 0:
-            self._received.update(values)
+        self._active = True
+        running = False
+        eval_exp: dict[str, Any] = {}
+        for name, value in values.items():
+            parts = metric_parts(name)
+            if parts is None or parts.task is not None or parts.cls is not None:
+                continue
+            if parts.phase == "train":
+                if parts.granularity == "running_epoch":
+                    self._running[parts.quantity] = value
+                    running = True
+                elif parts.granularity == "epoch":
+                    self._epoch[parts.metric] = self._exp[parts.metric] = value
+                elif parts.granularity == "exp":
+                    self._exp[parts.metric] = value
+            else:
+                self._eval[name] = value
+                if parts.granularity == "exp" and scalar(value) is not None:
+                    eval_exp[parts.quantity] = value
+        if running and self.bars and state.is_training:
+            if self._bar is None:
+                self._open_train_bar(state, initial=state.epoch_iteration)
+            self._show_running()
+        elif eval_exp and self._bar is not None and not state.is_training:
+            self._bar.set_postfix(_postfix(eval_exp), refresh=False)
+
+    # ------------------------------------------------------------------ training
 
     @clkernel.hookimpl
     def before_training_exp(self, state: TrainState) -> None:
-        if state.rank == 0:
-            self._exp_start = time.perf_counter()
-            self._received = {}
+        self._exp_start = time.perf_counter()
+        self._exp = {}
 
     @clkernel.hookimpl
     def before_training_epoch(self, state: TrainState) -> None:
-        if state.rank != 0:
-            return
-        self._running = _Running()
-        self._start = time.perf_counter()
-        total = len(state.dataloader) if hasattr(state.dataloader, "__len__") else None  # type: ignore[arg-type]
-        exp = state.experience.index if state.experience is not None else 0
-        self._open_bar(total, f"train exp {exp} epoch {state.epoch + 1}/{state.train_epochs}", leave=False)
+        self._epoch_start = time.perf_counter()
+        self._running, self._epoch = {}, {}
+        if self._active and self.bars:
+            self._open_train_bar(state, initial=0)
 
     @clkernel.hookimpl
     def after_training_iteration(self, state: TrainState) -> None:
-        if state.rank != 0:
+        bar = self._bar
+        if bar is None:
             return
-        self._running.add(state.mb_output, state.mb[1], state.loss)  # type: ignore[index]
-        self._tick(state)
+        bar.update(state.epoch_iteration - bar.n)  # whatever the plugin order, the bar shows the iterations done
+        self._show_running()
+
+    def _show_running(self) -> None:
+        """Redraw the training bar with the last running values, at most every REFRESH_S seconds (turning 0-d
+        device tensors into numbers only then)."""
+        now = time.monotonic()
+        if now >= self._next_refresh and self._running and self._bar is not None:
+            self._next_refresh = now + REFRESH_S
+            self._bar.set_postfix(_postfix(self._running))
 
     @clkernel.hookimpl(trylast=True)
     def after_training_epoch(self, state: TrainState) -> None:
-        if state.rank != 0:
+        self._close_bar(self._running)
+        if not self._active:
             return
-        values = self._running.values()
-        self._close_bar(values)
+        values = dict(self._epoch) or {f"{q}_running_epoch": v for q, v in self._running.items()}
         exp = state.experience.index if state.experience is not None else 0
-        seconds = time.perf_counter() - self._start
+        seconds = time.perf_counter() - self._epoch_start
         self._print(f"train exp {exp} epoch {state.epoch + 1}/{state.train_epochs}: {_fmt(values)} "
                     f"({state.epoch_iteration} it, {seconds:.1f} s)")
 
     @clkernel.hookimpl(trylast=True)
     def after_training_exp(self, state: TrainState) -> None:
-        if state.rank != 0:
+        if not self._active:
             return
         exp = state.experience
-        epoch_values = {split_name(k)["metric"]: v for k, v in self._received.items()
-                        if split_name(k)["phase"] == "train" and scalar(v) is not None
-                        and split_name(k)["metric"].endswith("_epoch")}
         seconds = time.perf_counter() - self._exp_start
         size = f"{len(exp.dataset)} samples, " if exp is not None else ""
+        shown = {k: v for k, v in self._exp.items() if scalar(v) is not None}
         self._print(f"== exp {exp.index if exp else '-'} trained ({size}{state.epoch + 1} epoch(s), {seconds:.1f} s)"
-                    + (f": {_fmt(epoch_values)}" if epoch_values else ""))
+                    + (f": {_fmt(shown)}" if shown else ""))
+
+    # ------------------------------------------------------------------ evaluation
 
     @clkernel.hookimpl
     def before_eval(self, state: TrainState) -> None:
-        if state.rank != 0:
-            return
-        self._saved_bar, self._bar = self._bar, None  # a periodic evaluation inside an epoch keeps its bar
-        self._saved_running, self._running = self._running, _Running(state.criterion)
-        self._saved_received, self._received = self._received, {}
-        self._start = time.perf_counter()
-        self._open_bar(0, "eval", leave=False)  # the stream's name is set with its first experience
+        self._saved.append((self._bar, self._eval, self._eval_start))  # an evaluation inside an epoch keeps its bar
+        self._bar, self._eval, self._eval_start = None, {}, time.perf_counter()
+        if self._active and self.bars:
+            self._open_bar(0, "eval")  # the stream's name is set with its first experience
 
     @clkernel.hookimpl
     def after_eval_dataset_adaptation(self, state: TrainState) -> None:
-        if state.rank == 0 and self._bar is not None and state.dataset is not None:
+        if self._bar is not None and state.dataset is not None:
             self._bar.total += -(-len(state.dataset) // state.eval_mb_size)
             self._bar.set_description(f"eval {state.stream_name} exp {state.experience.index}"
                                       if state.experience is not None else f"eval {state.stream_name}")
 
     @clkernel.hookimpl
     def after_eval_iteration(self, state: TrainState) -> None:
-        if state.rank != 0:
-            return
-        self._running.add(state.mb_output, state.mb[1], None)  # type: ignore[index]
-        self._tick(state)
+        if self._bar is not None:
+            self._bar.update(1)
 
     @clkernel.hookimpl(trylast=True)
     def after_eval(self, state: TrainState) -> None:
-        if state.rank != 0:
-            return
-        own = self._running.values()
         self._close_bar()
+        line = self._eval_line(state) if self._active else None
+        self._bar, self._eval, self._eval_start = self._saved.pop() if self._saved else (None, {}, 0.0)
+        if line is not None:
+            self._print(line)
+
+    def _eval_line(self, state: TrainState) -> str:
         stream = state.stream_name
         stream_values: dict[str, Any] = {}
         per_exp: dict[int, float] = {}
-        for name, value in self._received.items():
-            parts, v = split_name(name), scalar(value)
-            if v is None or parts["phase"] != "eval" or parts["stream"] != stream:
+        for name, value in self._eval.items():
+            parts, v = metric_parts(name), scalar(value)
+            if parts is None or v is None or parts.stream != stream:
                 continue
-            if parts["metric"].endswith(("_stream", "_exp_mean")) and parts["task"] is None \
-                    and parts["class"] is None:
-                stream_values[parts["metric"]] = v
-            if parts["metric"] == "acc_exp" and parts["exp"] is not None and parts["task"] is None:
-                per_exp[parts["exp"]] = v
-        seconds = time.perf_counter() - self._start
-        line = f"-- eval {stream} (trained {state.experiences_trained} exp, {seconds:.1f} s): "
-        line += _fmt(stream_values) if stream_values else _fmt(own)
+            if parts.granularity in ("stream", "exp_mean"):
+                stream_values[parts.metric] = v
+            elif parts.metric == "acc_exp" and parts.exp is not None:
+                per_exp[parts.exp] = v
+        seconds = time.perf_counter() - self._eval_start
+        line = f"-- eval {stream} (trained {state.experiences_trained} exp, {seconds:.1f} s): {_fmt(stream_values)}"
         if per_exp:
             line += " | acc per exp: " + " ".join(f"{per_exp[k]:.3f}" for k in sorted(per_exp))
-        self._bar, self._running = self._saved_bar, self._saved_running
-        self._saved_received.update(self._received)
-        self._received = self._saved_received
-        self._print(line)
+        return line
+
+    # ------------------------------------------------------------------ end
+
+    @clkernel.hookimpl
+    def after_run(self, state: TrainState) -> None:
+        """Close any bar left open (a run that failed inside an epoch)."""
+        self._close_bar()
+        for bar, _, _ in self._saved:
+            if bar is not None:
+                bar.close()
+        self._saved = []
 
 
 def _fmt(values: dict[str, Any]) -> str:
@@ -295,5 +255,5 @@ def _num(v: Any) -> str:
     return f"{v:.4f}"
 
 
-def _fmt_postfix(values: dict[str, float]) -> dict[str, str]:
-    return {k: f"{v:.4f}" for k, v in values.items()}
+def _postfix(values: dict[str, Any]) -> dict[str, str]:
+    return {k: _num(v) for k, v in values.items()}

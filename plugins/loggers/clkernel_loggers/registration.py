@@ -1,7 +1,7 @@
 """Entry point of clkernel-loggers: registers the loggers that ``clkernel run --logger NAME`` accepts.
 
-``run_dir`` and ``config`` are filled by ``clkernel run``. Cheap to import: the logger modules (and matplotlib,
-tensorboard, tqdm) are imported inside the factories.
+``run_dir`` and ``config`` are filled by ``clkernel run``. Cheap to import (no torch): the logger modules (and
+matplotlib, tensorboard, tqdm) are imported inside the factories.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ from typing import Any, Callable
 
 import clkernel
 
+__all__ = ["csv", "interactive", "jsonl", "register_loggers", "report", "tensorboard", "text"]
+
 
 def interactive(stream: str = "stderr", bars: bool | None = None) -> Any:
-    """Progress bars per training epoch and evaluation with running loss and accuracy, and a summary line per
-    experience; plain lines when the output is not a terminal.
+    """Progress bars per training epoch and evaluation showing the running values that metrics log, and summary
+    lines of the values received; plain lines when the output is not a terminal.
 
     stream: stderr or stdout. bars: force the bars on or off (default: on in a terminal).
     """
@@ -54,7 +56,7 @@ def tensorboard(run_dir: str | Path | None = None, config: dict | None = None, s
 def report(run_dir: str | Path | None = None, config: dict | None = None, plots: bool = True,
            dpi: int = 100) -> Any:
     """results.json (final metrics, accuracy matrix, configuration, versions) and PNG plots in the run folder,
-    rewritten after every evaluation; its files() lists what it wrote."""
+    rewritten after every evaluation; clkernel run prints the files it wrote."""
     from clkernel_loggers.report import ReportLogger
 
     return ReportLogger(run_dir, config=config, plots=plots, dpi=dpi)
@@ -62,6 +64,7 @@ def report(run_dir: str | Path | None = None, config: dict | None = None, plots:
 
 @clkernel.hookimpl
 def register_loggers(register: Callable[..., None]) -> None:
+    """Register every logger; ``interactive`` and ``report`` are the defaults."""
     register("interactive", interactive, default=True)
     register("report", report, default=True)
     register("text", text)

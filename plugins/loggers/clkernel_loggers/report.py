@@ -1,8 +1,14 @@
 """The end-of-run report: ``results.json`` and PNG plots in the run folder, rewritten after every evaluation.
 
-``clkernel run`` trains and evaluates one experience at a time, so there is no single end event: the report is
-rewritten (atomically) after each ``eval()`` and is therefore always complete; :meth:`ReportLogger.close` writes
-it a last time.
+The report only writes what it received through ``log_metrics``: it computes no metric. The accuracy matrix of a
+stream is the last ``accuracy_matrix_stream/eval/STREAM`` value received (the default metrics log it), the
+initial accuracies the last ``accuracy_initial_stream/eval/STREAM`` value (logged by an evaluation before
+training, when forward transfer asks for one).
+
+``clkernel run`` trains and evaluates one experience at a time, so the report is rewritten (atomically) after each
+``eval()`` in which values were received, and is therefore always complete; ``after_run`` writes it a last time
+if values arrived since. Nothing is written before the first value: on ranks other than 0, which receive no
+value (the kernel calls ``log_metrics`` on rank 0 only), nothing is ever written.
 """
 
 from __future__ import annotations
@@ -16,45 +22,50 @@ from typing import Any
 
 import clkernel
 from clkernel import TrainState
+from clkernel.validate import positive_int
 
 from clkernel_loggers.common import (
-    is_figure, is_matrix, prepare_dir, scalar, split_name, to_jsonable, versions, write_atomic,
+    is_figure, is_matrix, is_vector, metric_parts, prepare_dir, scalar, to_jsonable, versions, write_atomic,
 )
 
-__all__ = ["ReportLogger"]
+__all__ = ["INITIAL_METRIC", "MATRIX_METRIC", "ReportLogger"]
 
+#: The first part of the names whose values are the accuracy matrices (2-D: after training i, on experience j).
 MATRIX_METRIC = "accuracy_matrix_stream"
-EXP_ACCURACY_METRIC = "acc_exp"
+#: The first part of the names whose values are the accuracies before training (1-D: on experience j).
+INITIAL_METRIC = "accuracy_initial_stream"
 
 
 class ReportLogger:
-    """Writes ``results.json`` (final metrics, accuracy matrices, configuration, versions) and, with ``plots``,
-    ``accuracy_matrix_STREAM.png`` (heatmap) and ``accuracy_curves_STREAM.png`` (accuracy of each experience
-    after each training experience) into ``run_dir``; only rank 0 writes.
+    """Writes ``results.json`` (final metrics, accuracy matrices, other matrices, configuration, versions) and,
+    with ``plots``, ``accuracy_matrix_STREAM.png`` (heatmap) and ``accuracy_curves_STREAM.png`` (accuracy of each
+    experience after each training experience) into ``run_dir``; figures logged by metrics are saved as
+    ``NAME.png`` (the name with every character other than letters, digits, ``_.-`` replaced by ``_``).
 
-    The accuracy matrix of a stream is the last ``accuracy_matrix_stream/eval/STREAM`` value when a metric logs
-    it, else it is rebuilt from the ``acc_exp/eval/STREAM/expNNN`` values: row i holds those logged by the
-    evaluation after training experience i. Figures logged by metrics are saved as ``NAME.png``.
+    :param run_dir: the folder (created; default ``runs/<date-time>``).
+    :param config: the run's configuration, copied into ``results.json``.
+    :param plots: write the PNG files.
+    :param dpi: the plots' resolution: ``6.4 x 4.8`` inches at ``dpi`` (640 x 480 pixels at 100).
+    :raises ValueError: when ``dpi`` is not an integer >= 10.
+    :raises LoggerPathError: when the folder cannot be written.
     """
 
     name = "report"
 
     def __init__(self, run_dir: str | Path | None = None, config: dict[str, Any] | None = None,
                  plots: bool = True, dpi: int = 100) -> None:
-        if not isinstance(dpi, int) or dpi < 10:
+        if positive_int(dpi, "dpi", "report") < 10:
             raise ValueError(f"report: dpi must be an integer >= 10, got {dpi!r}")
         self.run_dir = prepare_dir(run_dir, "report")
         self.config = dict(config or {})
         self.plots, self.dpi = plots, dpi
         self.results_path = self.run_dir / "results.json"
-        self._final: dict[str, Any] = {}
+        self._final: dict[str, float] = {}
         self._matrices: dict[str, Any] = {}
-        self._logged_matrix: dict[str, Any] = {}
-        self._rebuilt: dict[str, dict[tuple[int, int], float]] = {}
-        self._initial: dict[str, dict[int, float]] = {}
+        self._accuracy: dict[str, Any] = {}
+        self._initial: dict[str, Any] = {}
         self._figures: dict[str, Any] = {}
-        self._trained: int | None = None
-        self._in_experience = False
+        self._experiences_trained: int | None = None
         self._written: list[Path] = []
         self._dirty = False
         self._versions: dict[str, Any] | None = None
@@ -63,83 +74,69 @@ class ReportLogger:
 
     @clkernel.hookimpl
     def log_metrics(self, state: TrainState, values: dict[str, Any]) -> None:
-        if state.rank != 0:
-            return
         for name, value in values.items():
-            parts = split_name(name)
             v = scalar(value)
             if v is not None:
                 self._final[name] = v
-                if (parts["metric"] == EXP_ACCURACY_METRIC and parts["phase"] == "eval" and parts["exp"] is not None
-                        and parts["task"] is None and parts["class"] is None and not self._in_experience):
-                    if self._trained is None:
-                        self._initial.setdefault(parts["stream"], {})[parts["exp"]] = v
-                    else:
-                        self._rebuilt.setdefault(parts["stream"], {})[self._trained, parts["exp"]] = v
-            elif is_matrix(value):
-                self._matrices[name] = value
-                if parts["metric"] == MATRIX_METRIC:
-                    self._logged_matrix[parts["stream"]] = value
+                continue
+            parts = metric_parts(name)
+            metric = parts.metric if parts is not None and parts.phase == "eval" else None
+            if is_matrix(value):
+                if metric == MATRIX_METRIC:
+                    self._accuracy[parts.stream] = value  # type: ignore[union-attr]
+                else:
+                    self._matrices[name] = value
+            elif is_vector(value) and metric == INITIAL_METRIC:
+                self._initial[parts.stream] = value  # type: ignore[union-attr]
             elif is_figure(value):
                 self._figures[name] = value
+        self._experiences_trained = state.experiences_trained
         self._dirty = True
-
-    @clkernel.hookimpl
-    def before_training_exp(self, state: TrainState) -> None:
-        self._in_experience = True
-
-    @clkernel.hookimpl
-    def after_training_exp(self, state: TrainState) -> None:
-        self._in_experience = False
-        self._trained = state.experience.index if state.experience is not None else (self._trained or 0) + 1
 
     @clkernel.hookimpl(trylast=True)
     def after_eval(self, state: TrainState) -> None:
-        if state.rank == 0 and not self._in_experience:
-            self.write(state.experiences_trained)
-
-    def close(self) -> None:
-        """Write the report a last time if anything changed since the last write."""
         if self._dirty:
             self.write()
+
+    @clkernel.hookimpl
+    def after_run(self, state: TrainState) -> None:
+        """Write the report a last time if values arrived since the last write."""
+        if self._dirty:
+            self.write()
+
+    @clkernel.hookimpl
+    def output_files(self, state: TrainState) -> list[Path]:
+        """The files this logger has written (results.json and the plots)."""
+        return list(self._written)
 
     # ------------------------------------------------------------------ report
 
     def accuracy_matrices(self) -> dict[str, list[list[float | None]]]:
-        """Stream -> accuracy matrix (rows: after training experience i; columns: experience j; None: unknown)."""
-        out: dict[str, list[list[float | None]]] = {}
-        for stream in sorted(set(self._logged_matrix) | set(self._rebuilt)):
-            if stream in self._logged_matrix:
-                out[stream] = to_jsonable(self._logged_matrix[stream])
-            else:
-                entries = self._rebuilt[stream]
-                rows = 1 + max(i for i, _ in entries)
-                cols = 1 + max(j for _, j in entries)
-                out[stream] = [[entries.get((i, j)) for j in range(cols)] for i in range(rows)]
-        return out
+        """Stream -> the last accuracy matrix received (rows: after training experience i; columns: experience j;
+        None: unknown)."""
+        return {stream: to_jsonable(self._accuracy[stream]) for stream in sorted(self._accuracy)}
 
-    def files(self) -> list[Path]:
-        """The files this logger has written (results.json and the plots)."""
-        return list(self._written)
+    def write(self) -> list[Path]:
+        """Write ``results.json`` (and the plots) now.
 
-    def write(self, experiences_trained: int | None = None) -> list[Path]:
-        """Write ``results.json`` and the plots now; returns the files written."""
+        :returns: the files written.
+        """
         if self._versions is None:
             self._versions = versions(self.config)
         matrices = self.accuracy_matrices()
         written: list[Path] = []
         if self.plots:
             written += self._plot(matrices)
+        streams = sorted(set(matrices) | set(self._initial))
         results = {
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "experiences_trained": experiences_trained,
+            "experiences_trained": self._experiences_trained,
             "final_metrics": to_jsonable(self._final),
             "accuracy_matrix": {s: {"rows": "after training experience i", "columns": "evaluated experience j",
-                                    "source": MATRIX_METRIC if s in self._logged_matrix else EXP_ACCURACY_METRIC,
-                                    "values": m,
-                                    "initial": to_jsonable([self._initial.get(s, {}).get(j)
-                                                            for j in range(len(m[0]) if m else 0)])}
-                                for s, m in matrices.items()},
+                                    "source": f"{MATRIX_METRIC}/eval/{s}",
+                                    "values": matrices.get(s, []),
+                                    "initial": to_jsonable(self._initial[s]) if s in self._initial else None}
+                                for s in streams},
             "matrices": {k: to_jsonable(v) for k, v in self._matrices.items()},
             "config": to_jsonable(self.config),
             "versions": self._versions,

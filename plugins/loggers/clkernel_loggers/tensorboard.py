@@ -1,5 +1,9 @@
 """TensorBoard event files through ``torch.utils.tensorboard``: scalars, matrices as heatmap images, figures,
-the run's configuration (as text at the start, as hparams with the final metrics at :meth:`close`)."""
+the run's configuration (as text at the start, as hparams with the final metrics in ``after_run``).
+
+The writer is created on the first value (in ``log_metrics``, which the kernel calls on rank 0 only), so other
+ranks never create an event file.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import clkernel
 from clkernel import TrainState
 
 from clkernel_loggers.common import (
-    default_run_dir, flatten_config, is_figure, is_matrix, prepare_dir, scalar, to_jsonable,
+    default_run_dir, flatten_config, is_figure, is_matrix, metric_parts, prepare_dir, scalar, to_jsonable,
 )
 from clkernel_loggers.plots import figure_to_array, matrix_figure
 
@@ -19,10 +23,15 @@ __all__ = ["TensorBoardLogger"]
 
 
 class TensorBoardLogger:
-    """Writes every value to TensorBoard event files in ``run_dir/subdir``; only rank 0 writes.
+    """Writes every value to TensorBoard event files in ``run_dir/subdir``.
 
-    Numbers and one-element tensors become scalars (step: ``state.iteration``), 2-D tensors (the confusion and
-    accuracy matrices) heatmap images, matplotlib figures images, strings text.
+    Numbers and one-element tensors become scalars (tag: the metric name, step: ``state.iteration``), 2-D tensors
+    (the confusion and accuracy matrices) heatmap images (640 x 480 pixels), matplotlib figures images, strings
+    text. ``after_run`` writes the configuration as hparams with the last value of every ``*_stream`` scalar
+    (of every scalar when there is none) and closes the writer; a later value opens a new event file.
+
+    :param run_dir: the run folder (default ``runs/<date-time>``); ``config``: the run's configuration.
+    :raises LoggerPathError: when ``run_dir/subdir`` cannot be written.
     """
 
     name = "tensorboard"
@@ -34,6 +43,10 @@ class TensorBoardLogger:
         self.config = dict(config or {})
         self._writer: Any = None
         self._last: dict[str, float] = {}
+        self._before = set(self._event_files())  # event files of earlier runs in the same folder
+
+    def _event_files(self) -> list[Path]:
+        return sorted(self.log_dir.glob("events.out.tfevents.*"))
 
     def _get_writer(self) -> Any:
         if self._writer is None:
@@ -45,14 +58,8 @@ class TensorBoardLogger:
                 self._writer.add_text("config", text, 0)
         return self._writer
 
-    def files(self) -> list[Path]:
-        """The event files written so far."""
-        return sorted(self.log_dir.glob("events.out.tfevents.*"))
-
     @clkernel.hookimpl
     def log_metrics(self, state: TrainState, values: dict[str, Any]) -> None:
-        if state.rank != 0:
-            return
         writer = self._get_writer()
         step = state.iteration
         for name, value in values.items():
@@ -69,23 +76,30 @@ class TensorBoardLogger:
 
     @clkernel.hookimpl(trylast=True)
     def after_eval(self, state: TrainState) -> None:
-        if state.rank == 0 and self._writer is not None:
+        if self._writer is not None:
             self._writer.flush()
 
     @clkernel.hookimpl(trylast=True)
     def after_training_exp(self, state: TrainState) -> None:
-        if state.rank == 0 and self._writer is not None:
+        if self._writer is not None:
             self._writer.flush()
 
-    def close(self) -> None:
-        """Write the configuration as hparams, with the last value of each stream-level metric, and close."""
+    @clkernel.hookimpl
+    def after_run(self, state: TrainState) -> None:
+        """Write the configuration as hparams, with the last value of each stream-level scalar, and close."""
         if self._writer is None:
             return
         from torch.utils.tensorboard.summary import hparams
 
-        final = {k: v for k, v in self._last.items() if "_stream/" in k} or dict(self._last)
+        final = {k: v for k, v in self._last.items()
+                 if (parts := metric_parts(k)) is not None and parts.granularity == "stream"} or dict(self._last)
         params = flatten_config(self.config) or {"run": str(self.log_dir.parent.name)}
         for summary in hparams(params, final):
             self._writer.file_writer.add_summary(summary)
         self._writer.close()
         self._writer = None
+
+    @clkernel.hookimpl
+    def output_files(self, state: TrainState) -> list[Path]:
+        """The event files this logger wrote (not those of earlier runs in the same folder)."""
+        return [p for p in self._event_files() if p not in self._before]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+
+import clkernel
 
 from clkernel_loggers import (
     CSV_COLUMNS, CSVLogger, JSONLLogger, LoggerPathError, ReportLogger, TensorBoardLogger, TextLogger,
@@ -23,9 +26,9 @@ def _scalars(logged):
 def test_csv_holds_every_scalar_in_one_file_per_phase(tiny, tmp_path):
     logger = CSVLogger(tmp_path)
     run = tiny.make_run(logger)
-    tiny.run_all(run)
-    logger.close()
+    files = tiny.run_all(run)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics_eval.csv", "metrics_train.csv"]
+    assert files == [tmp_path / "metrics_train.csv", tmp_path / "metrics_eval.csv"]  # output_files: as opened
     rows = []
     for phase in ("train", "eval"):
         with open(tmp_path / f"metrics_{phase}.csv", newline="") as f:
@@ -45,8 +48,7 @@ def test_csv_holds_every_scalar_in_one_file_per_phase(tiny, tmp_path):
 def test_jsonl_holds_every_value(tiny, tmp_path):
     logger = JSONLLogger(tmp_path)
     run = tiny.make_run(logger)
-    tiny.run_all(run)
-    logger.close()
+    assert tiny.run_all(run) == [tmp_path / "metrics.jsonl"]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == len(run.metrics.logged)
     for record, (step, name, value) in zip(records, run.metrics.logged):
@@ -54,6 +56,8 @@ def test_jsonl_holds_every_value(tiny, tmp_path):
         if isinstance(value, torch.Tensor) and value.dim() == 2:
             expected = [[None if math.isnan(v) else v for v in row] for row in value.tolist()]
             assert record["value"] == expected  # NaN -> null: strict JSON
+        elif isinstance(value, torch.Tensor) and value.dim() == 1:
+            assert record["value"] == value.tolist()
         else:
             assert record["value"] == float(value)
     scalars = [(r["step"], r["name"], r["value"]) for r in records if not isinstance(r["value"], list)]
@@ -63,23 +67,65 @@ def test_jsonl_holds_every_value(tiny, tmp_path):
 def test_text_log_is_readable(tiny, tmp_path):
     logger = TextLogger(tmp_path)
     run = tiny.make_run(logger)
-    tiny.run_all(run)
-    logger.close()
+    run.strategy.eval(run.test)  # before training: the initial accuracies, a vector
+    assert tiny.run_all(run) == [tmp_path / "log.txt"]
     text = (tmp_path / "log.txt").read_text()
     assert "acc_stream/eval/test=" in text and "loss_epoch/train/train=1.0000" in text
     assert "confusion_matrix_stream/eval/test =\n" in text
     assert "     5      1" in text  # the matrix rows
+    assert "accuracy_initial_stream/eval/test =\n    0.7000 0.5100 0.3200\n" in text
+    assert "accuracy_matrix_stream/eval/test =\n    0.9000 0.7100 0.5200\n" in text
 
 
-def test_only_rank_zero_writes(tiny, tmp_path):
-    loggers = [CSVLogger(tmp_path / "csv"), JSONLLogger(tmp_path / "jsonl"), TextLogger(tmp_path / "text"),
-               TensorBoardLogger(tmp_path / "tb"), ReportLogger(tmp_path / "report")]
-    run = tiny.make_run(*loggers)
-    run.strategy.state.rank = 1
+def test_files_are_closed_by_after_run_and_reopened_by_a_later_value(tiny, tmp_path):
+    logger = JSONLLogger(tmp_path)
+    run = tiny.make_run(logger, n_exps=1)
     tiny.run_all(run)
-    for logger in loggers:
-        logger.close()
+    lines = len((tmp_path / "metrics.jsonl").read_text().splitlines())
+    logger.log_metrics(run.strategy.state, {"late_stream/eval/test": 1.0, "not a scheme name": 2.0})
+    logger.after_run(run.strategy.state)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == lines + 2  # appended, not overwritten
+    assert [r["name"] for r in records[-2:]] == ["late_stream/eval/test", "not a scheme name"]
+
+
+def test_names_outside_the_scheme_are_accepted(tmp_path):
+    state = clkernel.TrainState(model=torch.nn.Linear(1, 1), optimizer=None, criterion=None,  # type: ignore
+                                device=torch.device("cpu"), train_mb_size=1, train_epochs=1, eval_mb_size=1)
+    csv_logger, text_logger = CSVLogger(tmp_path), TextLogger(tmp_path)
+    values = {"throughput": 12.5, "acc/eval": 0.5, "acc_stream/eval/test": 0.25}  # two names outside the scheme
+    for logger in (csv_logger, text_logger):
+        logger.log_metrics(state, values)
+        logger.after_run(state)
+    with open(tmp_path / "metrics_other.csv", newline="") as f:
+        other = list(csv.DictReader(f))
+    assert [(r["name"], r["metric"], r["stream"], r["value"]) for r in other] == [
+        ("throughput", "", "", "12.5"), ("acc/eval", "", "", "0.5")]
+    with open(tmp_path / "metrics_eval.csv", newline="") as f:
+        assert [(r["metric"], r["stream"]) for r in csv.DictReader(f)] == [("acc_stream", "test")]
+    assert "throughput=12.5000 acc/eval=0.5000 acc_stream/eval/test=0.2500" in (tmp_path / "log.txt").read_text()
+
+
+def test_only_rank_zero_writes(tiny, tmp_path, monkeypatch):
+    """Under torch.distributed the kernel calls log_metrics and output_files on rank 0 only: on rank 1 every
+    other event still fires on the loggers, and none of them opens, writes or lists a file."""
+    from clkernel_loggers import InteractiveLogger
+
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: 1)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    out = io.StringIO()
+    loggers = [CSVLogger(tmp_path / "csv"), JSONLLogger(tmp_path / "jsonl"), TextLogger(tmp_path / "text"),
+               TensorBoardLogger(tmp_path / "tb"), ReportLogger(tmp_path / "report"),
+               InteractiveLogger(file=out, bars=True)]
+    run = tiny.make_run(*loggers, epochs=2)
+    assert run.strategy.state.rank == 1
+    run.strategy.eval(run.test)
+    assert tiny.run_all(run) == []
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    assert out.getvalue() == ""  # no line, no bar
+    assert len(run.metrics.logged) > 0  # the metric did log: the kernel kept the values from the loggers
 
 
 @pytest.mark.parametrize("make", [

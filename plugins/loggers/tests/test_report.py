@@ -1,4 +1,4 @@
-"""The report: results.json and PNG plots, rewritten after every evaluation."""
+"""The report: results.json and PNG plots of the values received, rewritten after every evaluation."""
 
 from __future__ import annotations
 
@@ -13,34 +13,32 @@ import clkernel
 from clkernel_loggers import ReportLogger
 
 
-def _nan_to_none(matrix: torch.Tensor):
-    return [[None if math.isnan(v) else v for v in row] for row in matrix.tolist()]
+def _nan_to_none(values: list) -> list:
+    return [_nan_to_none(v) if isinstance(v, list) else None if math.isnan(v) else v for v in values]
 
 
 def test_results_json_and_plots(tiny, tmp_path):
     config = {"benchmark": "split-mnist", "metrics": ["accuracy"], "loggers": ["report"], "seed": 0}
     logger = ReportLogger(tmp_path, config=config)
     run = tiny.make_run(logger)
-    tiny.run_all(run)
-    logger.close()
+    files = tiny.run_all(run)
 
     results = json.loads((tmp_path / "results.json").read_text())
     last = {}
     for _, name, value in run.metrics.logged:
         last[name] = value
-    scalars = {k: float(v) for k, v in last.items() if not (isinstance(v, torch.Tensor) and v.dim() == 2)}
+    scalars = {k: float(v) for k, v in last.items() if not (isinstance(v, torch.Tensor) and v.dim() > 0)}
     assert results["final_metrics"] == pytest.approx(scalars)
-    logged_matrix = last["accuracy_matrix_stream/eval/test"]
-    assert results["accuracy_matrix"]["test"]["values"] == _nan_to_none(logged_matrix)
-    assert results["accuracy_matrix"]["test"]["source"] == "accuracy_matrix_stream"
-    assert results["matrices"]["confusion_matrix_stream/eval/test"] == [[5, 1], [2, 7]]
+    table = results["accuracy_matrix"]["test"]
+    assert table["values"] == _nan_to_none(last["accuracy_matrix_stream/eval/test"].tolist())  # as received
+    assert table["source"] == "accuracy_matrix_stream/eval/test" and table["initial"] is None
+    assert results["matrices"] == {"confusion_matrix_stream/eval/test": [[5, 1], [2, 7]]}
     assert results["config"] == config
     assert results["experiences_trained"] == 3
     versions = results["versions"]
     assert versions["clkernel"] == clkernel.__version__ and versions["torch"] == torch.__version__
     assert "clkernel-loggers" in versions["plugins"]
 
-    files = logger.files()
     assert [p.name for p in files] == ["results.json", "accuracy_matrix_test.png", "accuracy_curves_test.png"]
     assert results["files"] == [p.name for p in files]
     for png in files[1:]:
@@ -50,40 +48,38 @@ def test_results_json_and_plots(tiny, tmp_path):
             assert image.format == "PNG" and image.size == (640, 480)
 
 
-def test_matrix_rebuilt_from_experience_accuracies_and_always_complete(tiny, tmp_path):
+def test_written_after_every_evaluation_with_what_it_received(tiny, tmp_path):
     logger = ReportLogger(tmp_path, dpi=50)
-    run = tiny.make_run(logger, matrix=False)
-    run.strategy.eval(run.test)  # before training: the "initial" accuracies
-    first = json.loads((tmp_path / "results.json").read_text())
-    assert first["accuracy_matrix"] == {} and first["experiences_trained"] == 0
+    run = tiny.make_run(logger)
+    run.strategy.eval(run.test)  # before training: the initial accuracies, no matrix yet
+    first = json.loads((tmp_path / "results.json").read_text())  # written by the evaluation, before after_run
+    b = [0.7, 0.51, 0.32]  # FakeMetrics: 0.9 - 0.2 * (1 + j) + 0.01 * j
+    assert first["accuracy_matrix"]["test"]["initial"] == pytest.approx(b)
+    assert first["accuracy_matrix"]["test"]["values"] == [] and first["experiences_trained"] == 0
 
     run.strategy.train(run.train[0])
     run.strategy.eval(run.test)
-    after_one = json.loads((tmp_path / "results.json").read_text())  # written by the evaluation, no close()
-    assert len(after_one["accuracy_matrix"]["test"]["values"]) == 1
+    after_one = json.loads((tmp_path / "results.json").read_text())
+    assert after_one["accuracy_matrix"]["test"]["values"] == [[0.9, 0.71, 0.52]]
+    assert after_one["accuracy_matrix"]["test"]["initial"] == pytest.approx(b)  # kept: the last value received
     for exp in run.train[1:]:
         run.strategy.train(exp)
         run.strategy.eval(run.test)
-
     results = json.loads((tmp_path / "results.json").read_text())
-    rows = run.metrics._rows
-    expected = [[rows[i].get(j) for j in range(3)] for i in range(3)]
-    table = results["accuracy_matrix"]["test"]
-    assert table["values"] == expected and table["source"] == "acc_exp"
-    assert table["initial"] == [pytest.approx(0.9 - 0.2 * (1 + j) + 0.01 * j) for j in range(3)]
+    assert results["accuracy_matrix"]["test"]["values"] == _nan_to_none(run.metrics.matrix_value().tolist())
     with Image.open(tmp_path / "accuracy_matrix_test.png") as image:
         assert image.size == (320, 240)
 
 
-def test_periodic_evaluations_inside_an_experience_are_not_rows(tiny, tmp_path):
-    logger = ReportLogger(tmp_path, plots=False)
-    run = tiny.make_run(logger, matrix=False, epochs=2)
-    run.strategy.eval_every = 1
-    run.strategy.train(run.train, eval_streams=[run.test])
-    logger.close()
+def test_no_matrix_received_no_matrix_written(tiny, tmp_path):
+    """The report does not rebuild the accuracy matrix from acc_exp values: it writes what it received."""
+    logger = ReportLogger(tmp_path, plots=True)
+    run = tiny.make_run(logger, matrix=False)
+    files = tiny.run_all(run)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert len(results["accuracy_matrix"]["test"]["values"]) == 3
-    assert logger.files() == [tmp_path / "results.json"]
+    assert results["accuracy_matrix"] == {}
+    assert "acc_exp/eval/test/exp002" in results["final_metrics"]
+    assert files == [tmp_path / "results.json"]
 
 
 def test_logged_figures_are_saved(tmp_path):
@@ -94,9 +90,26 @@ def test_logged_figures_are_saved(tmp_path):
     fig.add_subplot().plot([0, 1], [1, 0])
     state = clkernel.TrainState(model=torch.nn.Linear(1, 1), optimizer=None, criterion=None,  # type: ignore
                                 device=torch.device("cpu"), train_mb_size=1, train_epochs=1, eval_mb_size=1)
-    logger.log_metrics(state, {"my_plot_stream/eval/test": fig, "x_stream/eval/test": 1.5})
-    written = logger.write()
-    assert tmp_path / "my_plot_stream_eval_test.png" in written
+    logger.log_metrics(state, {"my_plot_stream/eval/test": fig, "x_stream/eval/test": 1.5, "free-form": 2.0})
+    logger.after_run(state)
+    assert logger.output_files(state) == [tmp_path / "results.json", tmp_path / "my_plot_stream_eval_test.png"]
     with Image.open(tmp_path / "my_plot_stream_eval_test.png") as image:
         assert image.size == (200, 100)
-    assert json.loads((tmp_path / "results.json").read_text())["final_metrics"] == {"x_stream/eval/test": 1.5}
+    assert json.loads((tmp_path / "results.json").read_text())["final_metrics"] == {"x_stream/eval/test": 1.5,
+                                                                                    "free-form": 2.0}
+
+
+def test_nothing_is_written_before_a_value_is_received(tmp_path):
+    state = clkernel.TrainState(model=torch.nn.Linear(1, 1), optimizer=None, criterion=None,  # type: ignore
+                                device=torch.device("cpu"), train_mb_size=1, train_epochs=1, eval_mb_size=1)
+    logger = ReportLogger(tmp_path)
+    logger.after_eval(state)
+    logger.after_run(state)
+    assert logger.output_files(state) == [] and list(tmp_path.iterdir()) == []
+
+
+def test_bad_dpi():
+    with pytest.raises(ValueError, match="report: dpi must be an integer >= 10, got 5"):
+        ReportLogger(dpi=5)
+    with pytest.raises(ValueError, match="report: dpi must be a positive integer, got 72.0"):
+        ReportLogger(dpi=72.0)  # type: ignore[arg-type]

@@ -21,11 +21,14 @@ def _accumulator(folder):
 def test_event_files_hold_scalars_images_config_and_hparams(tiny, tmp_path):
     config = {"benchmark": "split-mnist", "model": {"name": "simple-mlp", "hidden_size": 64}, "seed": 3,
               "plugins": ["replay"]}
+    (tmp_path / "tensorboard").mkdir()
+    earlier = tmp_path / "tensorboard" / "events.out.tfevents.0.earlier-run"
+    earlier.write_bytes(b"")  # an earlier run's file in the same folder: not this logger's
     logger = TensorBoardLogger(tmp_path, config=config)
     run = tiny.make_run(logger)
-    tiny.run_all(run)
-    logger.close()
-    assert logger.files() and all(p.parent == tmp_path / "tensorboard" for p in logger.files())
+    files = tiny.run_all(run)
+    assert len(files) == 1 and files[0].parent == tmp_path / "tensorboard" and files[0] != earlier
+    earlier.unlink()
 
     acc = _accumulator(tmp_path / "tensorboard")
     tags = acc.Tags()
@@ -33,6 +36,7 @@ def test_event_files_hold_scalars_images_config_and_hparams(tiny, tmp_path):
     for step, name, value in run.metrics.logged:
         if isinstance(value, float) or (isinstance(value, torch.Tensor) and value.numel() == 1):
             expected.setdefault(name, []).append((step, float(value)))
+    assert "loss_running_epoch/train/train" in expected
     assert set(tags["scalars"]) == set(expected)
     for name, points in expected.items():
         events = acc.Scalars(name)
@@ -59,13 +63,13 @@ def test_event_files_hold_scalars_images_config_and_hparams(tiny, tmp_path):
     assert metric_tags == {"acc_stream/eval/test"}
 
 
-def test_values_after_close_open_a_new_writer(tiny, tmp_path):
+def test_values_after_after_run_open_a_new_writer(tiny, tmp_path):
     logger = TensorBoardLogger(tmp_path, subdir="tb")
     run = tiny.make_run(logger, n_exps=1)
-    tiny.run_all(run)
-    logger.close()
-    run.strategy.eval(run.test)
-    logger.close()
-    assert len(logger.files()) >= 1
+    assert len(tiny.run_all(run)) == 1
+    run.strategy.eval(run.test)  # after strategy.close(): a new event file
+    logger.after_run(run.strategy.state)
+    files = logger.output_files(run.strategy.state)
+    assert len(files) == 2 and all(p.stat().st_size > 0 for p in files)
     acc = _accumulator(tmp_path / "tb")
     assert "acc_stream/eval/test" in acc.Tags()["scalars"]

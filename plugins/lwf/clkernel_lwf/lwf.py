@@ -1,4 +1,5 @@
-"""Learning without Forgetting (Li & Hoiem, 2016), with Avalanche's ``LwF`` semantics.
+"""Learning without Forgetting (Li & Hoiem, 2016, "Learning without Forgetting"), with Avalanche's ``LwF``
+semantics.
 
 After each experience a frozen copy of the model is kept. On every later training minibatch the current
 model's outputs are distilled towards the frozen model's on the classes seen so far: the loss term is
@@ -16,15 +17,23 @@ import torch
 import torch.nn.functional as F
 
 import clkernel
-from clkernel import CLDataset, Experience, TrainState
+from clkernel import CLDataset, Experience, TrainState, model_forward
+from clkernel.validate import non_negative_number, positive_number
 
 __all__ = ["LearningWithoutForgetting", "LwF", "distillation_loss"]
 
 
 def distillation_loss(output: torch.Tensor, old_output: torch.Tensor, units: torch.Tensor | Sequence[int],
                       temperature: float = 2.0, *, reduction: str = "batchmean") -> torch.Tensor:
-    """``KL(softmax(old/T) || softmax(new/T))`` over the output ``units``: ``batchmean`` (a scalar) or
-    ``none`` (one value per sample)."""
+    """``KL(softmax(old/T) || softmax(new/T))`` over the output ``units``, with no ``T^2`` factor.
+
+    :param output: the current model's logits, float ``(B, C)``.
+    :param old_output: the frozen model's logits for the same samples, ``(B, C')`` with ``C'`` covering ``units``.
+    :param units: the output units (class indices) to distil, int64 ``(k,)`` or a list.
+    :param temperature: the softmax temperature ``T`` (> 0).
+    :param reduction: ``"batchmean"``: a scalar, the mean over samples; ``"none"``: one value per sample, ``(B,)``.
+    :raises ValueError: for another reduction.
+    """
     units = torch.as_tensor(units, dtype=torch.long, device=output.device)
     log_p = F.log_softmax(output.index_select(1, units) / temperature, dim=1)
     log_q = F.log_softmax(old_output.index_select(1, units) / temperature, dim=1)
@@ -40,28 +49,26 @@ def _check_alpha(alpha: Any, who: str) -> float | list[float]:
     if isinstance(alpha, (list, tuple)):
         if not alpha:
             raise ValueError(f"{who}: alpha must be a number or a non-empty list of numbers (one per experience)")
-        values = [_check_alpha(a, who) for a in alpha]
-        return values  # type: ignore[return-value]
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha < 0:
-        raise ValueError(f"{who}: alpha must be a non-negative number or a list of them, got {alpha!r}")
-    return float(alpha)
+        return [non_negative_number(a, f"alpha[{i}]", who) for i, a in enumerate(alpha)]
+    return non_negative_number(alpha, "alpha", who)
 
 
 class LearningWithoutForgetting:
-    """LwF outside any loop: ``update(model, data)`` after training on ``data``; then ``penalty(x, output, t)``
-    is the distillation term for a minibatch ``x`` whose current output is ``output``.
+    """Learning without Forgetting (Li & Hoiem, 2016) outside any loop: ``update(model, data)`` after training on
+    ``data``; then ``penalty(x, output, t)`` is the distillation term for a minibatch ``x`` whose current output
+    is ``output``.
 
-    :param alpha: weight of the term: a number, or one number per experience (indexed by the number of
+    :param alpha: weight of the term (>= 0): a number, or one number per experience (indexed by the number of
         experiences already seen; the first experience never has a term).
-    :param temperature: softmax temperature ``T``.
+    :param temperature: softmax temperature ``T`` (> 0).
+    :param name: names the owner in error messages.
+    :raises ValueError: for an ``alpha`` or ``temperature`` out of range, or an empty ``alpha`` list.
     """
 
     def __init__(self, alpha: float | Sequence[float] = 1.0, temperature: float = 2.0, *, name: str = "lwf") -> None:
         self.name = name
         self.alpha = _check_alpha(alpha, name)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
-            raise ValueError(f"{name}: temperature must be a positive number, got {temperature!r}")
-        self.temperature = float(temperature)
+        self.temperature = positive_number(temperature, "temperature", name)
         self.prev_model: torch.nn.Module | None = None
         #: Classes seen so far, by task label.
         self.prev_classes: dict[int, list[int]] = {}
@@ -71,7 +78,10 @@ class LearningWithoutForgetting:
         self._pending: Mapping[str, torch.Tensor] | None = None
 
     def current_alpha(self) -> float:
-        """The alpha of the experience being trained (the one after the ``experiences`` already seen)."""
+        """The alpha of the experience being trained (the one after the ``experiences`` already seen).
+
+        :raises ValueError: when ``alpha`` is a list with no value for that experience.
+        """
         if isinstance(self.alpha, list):
             if self.experiences >= len(self.alpha):
                 raise ValueError(f"{self.name}: alpha has {len(self.alpha)} values, one per experience, but "
@@ -112,6 +122,13 @@ class LearningWithoutForgetting:
 
         A model with ``takes_task_labels`` is distilled task by task: the frozen model runs once per past task
         with that task's label (so it never sees a task it has no head for), each sample counts for its own task.
+        The frozen model is called through :func:`clkernel.model_forward`.
+
+        :param x: the minibatch's inputs, ``(B, *input_shape)``, on the model's device.
+        :param output: the current model's logits for ``x``, float ``(B, C)``.
+        :param task_labels: int64 ``(B,)``; required for a model that takes task labels.
+        :returns: a scalar tensor, differentiable with respect to ``output``; None before any update.
+        :raises ValueError: when the model takes task labels and none are given.
         """
         if self.prev_model is None:
             return None
@@ -123,17 +140,20 @@ class LearningWithoutForgetting:
             total = output.new_zeros(())
             for task, classes in units:
                 with torch.no_grad():
-                    old = self.prev_model(x, torch.full_like(task_labels, task))
+                    old = model_forward(self.prev_model, x, torch.full_like(task_labels, task))
                 mine = (task_labels == task).to(output.dtype)
                 per_sample = distillation_loss(output, old, classes, self.temperature, reduction="none")
                 total = total + (per_sample * mine).sum() / mine.sum().clamp_min(1)
             return alpha * total
         with torch.no_grad():
-            old = self.prev_model(x)
+            old = model_forward(self.prev_model, x, task_labels)
         return alpha * distillation_loss(output, old, union, self.temperature)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"prev_model": None if self.prev_model is None else self.prev_model.state_dict(),
+        prev = self._pending  # loaded, not yet materialised
+        if prev is None and self.prev_model is not None:
+            prev = self.prev_model.state_dict()
+        return {"prev_model": prev,
                 "prev_classes": {t: torch.tensor(c, dtype=torch.long) for t, c in self.prev_classes.items()},
                 "experiences": self.experiences}
 
@@ -144,9 +164,12 @@ class LearningWithoutForgetting:
         self._units = []
         self._pending = state["prev_model"]
         if model is not None:
-            self._materialise(model)
+            self.materialise(model)
 
-    def _materialise(self, model: torch.nn.Module) -> None:
+    def materialise(self, model: torch.nn.Module) -> None:
+        """Rebuild the frozen model that :meth:`load_state_dict` loaded without a model: a frozen copy of
+        ``model`` (the live model gives the structure) with the checkpoint's parameters. Does nothing when no
+        loaded frozen model waits."""
         pending = self._pending
         if pending is None:
             return
@@ -158,11 +181,14 @@ class LearningWithoutForgetting:
 
 
 class LwF:
-    """Learning without Forgetting: distil the previous model's outputs on the classes seen so far.
+    """Learning without Forgetting (Li & Hoiem, 2016) as a training plugin: after each experience, freeze a copy
+    of the model; on later minibatches, add the distillation term of :class:`LearningWithoutForgetting` to the
+    loss (the module docstring gives it).
 
-    :param alpha: weight of the distillation term, a number or one per experience (a list at least as long as
-        the stream).
-    :param temperature: softmax temperature.
+    :param alpha: weight of the distillation term (>= 0), a number or one per experience (a list at least as long
+        as the stream).
+    :param temperature: softmax temperature (> 0).
+    :raises ValueError: for options out of range; at training, for an ``alpha`` list shorter than the stream.
     """
 
     name = "lwf"
@@ -176,7 +202,7 @@ class LwF:
         if stream is not None:
             self.lwf.check_stream_length(len(stream))
         self.lwf.current_alpha()
-        self.lwf._materialise(state.model)
+        self.lwf.materialise(state.model)
 
     @clkernel.hookimpl
     def loss_terms(self, state: TrainState) -> torch.Tensor | None:

@@ -6,6 +6,8 @@ from typing import Any, Callable
 
 import clkernel
 
+__all__ = ["lwf", "register_plugins"]
+
 
 def lwf(alpha: float | list = 1.0, temperature: float = 2.0) -> Any:
     """Learning without Forgetting: distil the previous model's outputs on the classes seen so far.

@@ -149,7 +149,7 @@ def test_checkpoint_round_trip(blobs):
     model = strategy.state.model
     again = LwF(alpha=1.0)
     again.load_state_dict(lwf.state_dict())
-    again.lwf._materialise(copy.deepcopy(model))
+    again.lwf.materialise(copy.deepcopy(model))
     x, _, _ = bench.train_stream[1].dataset.get_batch(torch.arange(16))
     moved = copy.deepcopy(model)
     with torch.no_grad():

@@ -1,10 +1,11 @@
 """The Evaluator: a training plugin that runs metric families and hands their values to every logger.
 
 Per minibatch it only keeps references to the (detached) outputs, targets, task labels and loss. Every
-``flush_every`` minibatches (fewer when the outputs are large), and at each epoch or experience end, it
-concatenates them into one :class:`Chunk` that every metric family updates its accumulators from (on the device,
-without synchronising). At each boundary it collects the families' values, resolves every device value with a
-single transfer (:class:`Deferred`), records them in its history and calls ``state.log_metrics``.
+``flush_every`` minibatches (fewer when the outputs are large), at each training iteration where a per-minibatch
+family emits (every ``family.every`` iterations), and at each epoch or experience end, it concatenates them into
+one :class:`Chunk` that every metric family updates its accumulators from (on the device, without
+synchronising). At each boundary it collects the families' values, resolves every device value with a single
+transfer (:class:`Deferred`), records them in its history and calls ``state.log_metrics``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 import clkernel
 from clkernel import TrainState
+from clkernel.validate import positive_int
 
 from clkernel_metrics.standalone import bincount, predictions, topk_correct
 
@@ -23,11 +25,13 @@ __all__ = ["Chunk", "Deferred", "Evaluator", "PluginMetric", "resolve"]
 
 
 class Deferred:
-    """A value that needs a device tensor: ``fn(tensor on the CPU)`` computes it (a tensor from another device
-    arrives as float64).
+    """A value that needs a device tensor: ``fn(tensor on the CPU)`` computes it.
 
-    The evaluator resolves all the values of one boundary in one transfer. With ``expand=True``, ``fn`` returns
-    a dict of names to values that replaces this entry.
+    :param tensor: any shape and dtype; a CPU tensor reaches ``fn`` unchanged, a tensor of another device arrives
+        as float64 (every value of one boundary travels in one float64 transfer).
+    :param fn: computes the value; returning None drops the entry.
+    :param expand: ``fn`` returns a dict of names to values that replaces this entry (whose own name is then
+        only a key, by convention starting with ``#``).
     """
 
     __slots__ = ("tensor", "fn", "expand")
@@ -37,7 +41,8 @@ class Deferred:
 
 
 def resolve(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` with every :class:`Deferred` computed, transferring the tensors once per device."""
+    """``values`` with every :class:`Deferred` computed, transferring the tensors once per device (one
+    synchronisation per device); other values are kept as they are, in order."""
     deferred = [(k, v) for k, v in values.items() if isinstance(v, Deferred)]
     if not deferred:
         return values
@@ -98,7 +103,17 @@ class _one_thread:
 class Chunk:
     """Consecutive minibatches of one phase, concatenated: what metric families update from.
 
-    Derived tensors (predictions, correct flags, loss sums) are computed once, on first use, and shared.
+    :param phase: ``"train"`` or ``"eval"``.
+    :param output: the model's outputs, concatenated: logits ``[N, C]`` or labels ``[N]``, on the device.
+    :param target: labels ``[N]`` (int64).
+    :param tasks: the task labels of each minibatch (a list of tensors, concatenated on first use).
+    :param losses: in training, ``state.loss`` of each minibatch (0-d tensors, the mean over its samples);
+        None in evaluation (the loss then comes from ``criterion``).
+    :param sizes: the number of samples of each minibatch.
+    :param num_tasks: task labels in the data (for per-task counts); ``num_labels`` the classes in the data.
+
+    Derived tensors (predictions, correct flags, loss sums) are computed once, on first use, and shared by every
+    family of the evaluator.
     """
 
     def __init__(self, phase: str, output: torch.Tensor, target: torch.Tensor, tasks: list[torch.Tensor],
@@ -108,6 +123,16 @@ class Chunk:
         self._losses, self.sizes, self._criterion, self.num_tasks = losses, sizes, criterion, num_tasks
         self.num_labels = num_labels
         self.n = int(target.shape[0])
+
+    @cached_property
+    def last_minibatch(self) -> Chunk:
+        """The chunk's last minibatch alone (the chunk itself when it holds one): what ``mb`` values measure."""
+        if len(self.sizes) <= 1:
+            return self
+        k = self.sizes[-1]
+        return Chunk(self.phase, self.output[-k:], self.target[-k:], self._tasks[-1:],
+                     None if self._losses is None else self._losses[-1:], [k], self._criterion, self.num_tasks,
+                     self.num_labels)
 
     @cached_property
     def task(self) -> torch.Tensor:
@@ -180,15 +205,24 @@ class Chunk:
 
 
 class PluginMetric:
-    """A family of metric values computed inside an :class:`Evaluator`.
+    """A family of metric values computed inside an :class:`Evaluator` (not a plugin itself).
 
-    Subclasses set ``uses_outputs`` to receive :class:`Chunk` s through :meth:`update`, ``per_minibatch`` to be
-    called after every training iteration, ``needs_initial_eval`` when they need an evaluation before the first
-    training experience. Event methods return ``{name: value}`` (values may be :class:`Deferred`) or None.
+    Subclasses set:
+
+    * ``uses_outputs``: receive :class:`Chunk` s through :meth:`update`;
+    * ``per_minibatch``: :meth:`after_training_iteration` is called after the training iterations whose
+      ``state.iteration`` is a multiple of ``every`` (the evaluator flushes its buffer there first, and only
+      there, so that ``every = 32`` costs one flush per 32 iterations);
+    * ``needs_initial_eval``: the evaluator then asks the kernel (:func:`~clkernel.hookspecs.TrainingEvents.
+      needs_initial_eval`) to evaluate the streams before the first training experience.
+
+    Event methods return ``{name: value}`` (names of :mod:`clkernel.names`; values may be :class:`Deferred`) or
+    None.
     """
 
     uses_outputs = False
     per_minibatch = False
+    every = 1
     needs_initial_eval = False
 
     def update(self, chunk: Chunk) -> None:
@@ -207,22 +241,26 @@ class PluginMetric:
     def after_eval(self, state: TrainState) -> dict[str, Any] | None: ...
 
     def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to resume the family (plain Python values and tensors)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        """Restore what :meth:`state_dict` returned."""
 
     def close(self) -> None:
-        """Release background resources (threads)."""
+        """Release background resources (threads); the evaluator calls it from ``after_run``."""
 
 
 class Evaluator:
     """Training plugin running metric families; their values go to every logger through ``log_metrics``.
 
     :param metrics: :class:`PluginMetric` families (see :mod:`clkernel_metrics.families`).
+    :param name: the plugin's name (unique names let several evaluators run side by side).
     :param flush_every: at most this many minibatches are buffered before the families update (fewer but larger
         tensor operations)...
     :param flush_elements: ... and at most this many output elements (bounded memory with large outputs).
+    :raises TypeError: for a family that is not a :class:`PluginMetric`.
+    :raises ValueError: when ``flush_every`` or ``flush_elements`` is not a positive integer.
 
     ``all_metrics()`` returns the whole history, ``{name: [(step, value), ...]}``, the step being
     ``state.iteration``.
@@ -232,28 +270,37 @@ class Evaluator:
                  flush_elements: int = 2**21) -> None:
         for m in metrics:
             if not isinstance(m, PluginMetric):
-                raise TypeError(f"Evaluator takes PluginMetric families (accuracy_metrics(), ...); got "
+                raise TypeError(f"Evaluator takes PluginMetric families (AccuracyMetrics(), ...); got "
                                 f"{type(m).__name__}: {m!r}")
-        for option, value in (("flush_every", flush_every), ("flush_elements", flush_elements)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{option} must be a positive integer, got {value!r}")
-        self.flush_elements = flush_elements
+        self.flush_every = positive_int(flush_every, "flush_every", "Evaluator")
+        self.flush_elements = positive_int(flush_elements, "flush_elements", "Evaluator")
         self.name = name
         self.metrics = list(metrics)
-        self.flush_every = flush_every
         self._collect = any(m.uses_outputs for m in self.metrics)
         self._data = [m for m in self.metrics if m.uses_outputs]
-        self._per_mb = any(m.per_minibatch for m in self.metrics)
+        #: the distinct ``every`` of the per-minibatch families: an iteration that none divides costs no flush
+        self._every = tuple(sorted({positive_int(m.every, "every", type(m).__name__)
+                                    for m in self.metrics if m.per_minibatch}))
         self._history: dict[str, list[tuple[int, Any]]] = {}
         self._num_tasks = 1
         self._num_labels = 0
         self._unsynced: list[tuple[str, int]] = []
         self._clear()
 
-    @property
-    def needs_initial_eval(self) -> bool:
-        """True when a family (forward transfer) needs ``strategy.eval(stream)`` before the first experience."""
+    # ------------------------------------------------------------------ run events
+
+    @clkernel.hookimpl
+    def needs_initial_eval(self, state: TrainState) -> bool:
+        """True when a family (forward transfer) needs the evaluation streams evaluated before the first training
+        experience; the kernel then evaluates them (``train(..., eval_streams=...)``, as ``clkernel.run`` does).
+        """
         return any(m.needs_initial_eval for m in self.metrics)
+
+    @clkernel.hookimpl
+    def after_run(self, state: TrainState) -> None:
+        """Release the families' background resources (the RAM sampling thread)."""
+        for m in self.metrics:
+            m.close()
 
     # ------------------------------------------------------------------ history
 
@@ -271,17 +318,15 @@ class Evaluator:
         self._history, self._unsynced = {}, []
 
     def state_dict(self) -> dict[str, Any]:
+        """The history and every family's state, for a checkpoint (``torch.save`` with ``weights_only``)."""
         return {"history": self.all_metrics(), "metrics": [m.state_dict() for m in self.metrics]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (the same families, in the same order)."""
         self._history = {k: [tuple(x) for x in v] for k, v in state["history"].items()}  # type: ignore[misc]
         self._unsynced = []
         for m, s in zip(self.metrics, state["metrics"]):
             m.load_state_dict(s)
-
-    def close(self) -> None:
-        for m in self.metrics:
-            m.close()
 
     # ------------------------------------------------------------------ internals
 
@@ -377,13 +422,20 @@ class Evaluator:
 
     @clkernel.hookimpl
     def after_training_iteration(self, state: TrainState) -> None:
+        due = False
+        if self._every:
+            it = state.iteration
+            for every in self._every:
+                if it % every == 0:
+                    due = True
+                    break
         if self._collect:
             self._append(state)
             loss = state.loss
             self._losses.append(loss.detach() if loss is not None else None)
-            if self._per_mb or len(self._outputs) >= self.flush_every or self._buffered >= self.flush_elements:
+            if due or len(self._outputs) >= self.flush_every or self._buffered >= self.flush_elements:
                 self._flush(state, "train")
-        if self._per_mb:
+        if due:
             self._boundary("after_training_iteration", state)
 
     @clkernel.hookimpl

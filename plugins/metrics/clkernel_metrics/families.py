@@ -1,24 +1,29 @@
 """Metric families for the :class:`~clkernel_metrics.Evaluator`: which values, at which granularities.
 
-Granularities (the names follow :mod:`clkernel_metrics.names`):
+Granularities (the names follow :mod:`clkernel.names`, built with :func:`clkernel.metric_name`):
 
-* ``mb`` (train): the last minibatch; ``running_epoch`` (train): the epoch so far, after every minibatch;
-  ``epoch`` (train): the whole epoch;
+* ``mb`` (train): the last minibatch; ``running_epoch`` (train): the epoch so far, emitted every ``every``
+  training iterations; ``epoch`` (train): the whole epoch;
 * ``exp`` (eval; for resource metrics also train): one experience; ``stream`` (eval; resource metrics also
   train): the whole ``eval()`` (or ``train()``) call; ``exp_mean``: the mean of the ``exp`` values of a stream.
+
+Scalars reach the loggers as Python floats, except ``mb`` and ``running_epoch`` values: 0-d float64 tensors on
+the training device, so that emitting them never synchronises (a logger that writes one turns it into a
+number).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-import structlog
 import torch
 
 from clkernel import TrainState
+from clkernel.log import get_logger
+from clkernel.names import metric_name
+from clkernel.validate import positive_int, positive_number
 
 from clkernel_metrics.evaluator import Chunk, Deferred, PluginMetric
-from clkernel_metrics.names import metric_name
 from clkernel_metrics.standalone import (
     AccuracyMatrix, CPUUsage, DiskUsage, MaxGPUMemory, MaxRAM, Mean, WallTime, add_padded,
     backward_transfer_per_experience, bincount, class_accuracies, forgetting_per_experience,
@@ -26,12 +31,15 @@ from clkernel_metrics.standalone import (
 )
 
 __all__ = [
-    "AccuracyMatrixMetrics", "AccuracyMetrics", "ClassAccuracyMetrics", "ConfusionMatrixMetrics", "LossMetrics",
-    "ResourceMetrics", "TopKAccuracyMetrics", "cpu_usage_metrics",
-    "disk_usage_metrics", "gpu_usage_metrics", "ram_usage_metrics", "timing_metrics",
+    "INITIAL_ACCURACY", "AccuracyMatrixMetrics", "AccuracyMetrics", "ClassAccuracyMetrics", "ConfusionMatrixMetrics",
+    "LossMetrics", "ResourceMetrics", "TopKAccuracyMetrics", "cpu_usage_metrics", "disk_usage_metrics",
+    "gpu_usage_metrics", "ram_usage_metrics", "timing_metrics",
 ]
 
-log = structlog.get_logger("clkernel.metrics")
+#: The quantity of the accuracies before any training, ``b`` (``accuracy_initial_stream/eval/STREAM``).
+INITIAL_ACCURACY = "accuracy_initial"
+
+log = get_logger("clkernel.metrics")
 
 
 def _require_some(what: str, **flags: bool) -> None:
@@ -47,7 +55,18 @@ def _exp_index(state: TrainState) -> int:
 
 
 class _MeanFamily(PluginMetric):
-    """A sample-weighted mean (accuracy, loss, top-k) at the minibatch, epoch and experience/stream levels."""
+    """A sample-weighted mean (accuracy, loss, top-k) at the minibatch, epoch and experience/stream levels.
+
+    :param minibatch: ``QUANTITY_mb/train/STREAM``, the last training minibatch, every ``every`` iterations.
+    :param running_epoch: ``QUANTITY_running_epoch/train/STREAM``, the training epoch so far (pooled over its
+        samples), every ``every`` iterations (``state.iteration`` a multiple of ``every``).
+    :param epoch: ``QUANTITY_epoch/train/STREAM``, at each epoch's end.
+    :param experience: ``QUANTITY_exp/eval/STREAM/expNNN``, per evaluated experience.
+    :param stream: ``QUANTITY_stream/eval/STREAM`` (pooled over every sample of the evaluated stream) and
+        ``QUANTITY_exp_mean/eval/STREAM`` (the mean over its experiences).
+    :param every: the period, in training iterations, of the ``mb`` and ``running_epoch`` values.
+    :raises ValueError: when no granularity is chosen, or ``every`` is not a positive integer.
+    """
 
     uses_outputs = True
     quantity = ""
@@ -56,8 +75,7 @@ class _MeanFamily(PluginMetric):
                  experience: bool = True, stream: bool = True, every: int = 1) -> None:
         _require_some(self.quantity, minibatch=minibatch, running_epoch=running_epoch, epoch=epoch,
                       experience=experience, stream=stream)
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"{self.quantity}: every must be a positive integer, got {every!r}")
+        positive_int(every, "every", self.quantity)
         self.minibatch, self.running_epoch, self.epoch = minibatch, running_epoch, epoch
         self.experience, self.stream, self.every = experience, stream, every
         self.per_minibatch = minibatch or running_epoch
@@ -70,13 +88,14 @@ class _MeanFamily(PluginMetric):
         raise NotImplementedError
 
     def update(self, chunk: Chunk) -> None:
-        total = self.numerator(chunk)
         if chunk.phase == "train":
-            self._last = (total, chunk.n)
+            if self.minibatch:
+                last = chunk.last_minibatch
+                self._last = (self.numerator(last), last.n)
             if self.epoch or self.running_epoch:
-                self._epoch.add(total, chunk.n)
+                self._epoch.add(self.numerator(chunk), chunk.n)
         else:
-            self._exp.add(total, chunk.n)  # the stream's values come from the experiences' totals
+            self._exp.add(self.numerator(chunk), chunk.n)  # the stream's values come from the experiences
 
     def _name(self, granularity: str, phase: str, state: TrainState, exp: int | None = None) -> str:
         return metric_name(self.quantity, granularity, phase, state.stream_name, exp=exp)
@@ -86,15 +105,15 @@ class _MeanFamily(PluginMetric):
         self._last = None
 
     def after_training_iteration(self, state: TrainState) -> dict[str, Any] | None:
-        if state.iteration % self.every or self._last is None:
+        if state.iteration % self.every:
             return None
         out = {}
-        if self.minibatch:
+        if self.minibatch and self._last is not None:
             total, n = self._last
-            out[self._name("mb", "train", state)] = total.to(torch.float64) / n  # 0-d tensor: no sync
-        if self.running_epoch:
+            out[self._name("mb", "train", state)] = _as_tensor(total).to(torch.float64) / n  # 0-d: no sync
+        if self.running_epoch and self._epoch.count:
             out[self._name("running_epoch", "train", state)] = self._epoch.result_tensor()
-        return out
+        return out or None
 
     def after_training_epoch(self, state: TrainState) -> dict[str, Any] | None:
         if not self.epoch or self._epoch.count == 0:
@@ -219,12 +238,14 @@ class LossMetrics(_MeanFamily):
 
 
 class TopKAccuracyMetrics(_MeanFamily):
-    """Top-k accuracy (``topK_acc_*``, e.g. ``top5_acc_exp/eval/test/exp000``)."""
+    """Top-k accuracy (``topK_acc_*``, e.g. ``top5_acc_exp/eval/test/exp000``): the fraction of samples whose
+    label is among the ``k`` largest logits (outputs must be logits ``[N, C]`` with ``C >= k``).
+
+    :raises ValueError: when ``k`` is not a positive integer.
+    """
 
     def __init__(self, k: int = 5, **granularities: Any) -> None:
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"top-k accuracy: k must be a positive integer, got {k!r}")
-        self.k = k
+        self.k = positive_int(k, "k", "top-k accuracy")
         self.quantity = f"top{k}_acc"
         super().__init__(**granularities)
 
@@ -291,8 +312,8 @@ class ConfusionMatrixMetrics(PluginMetric):
 
     def __init__(self, num_classes: int | None = None, *, experience: bool = False, stream: bool = True) -> None:
         _require_some("confusion matrix", experience=experience, stream=stream)
-        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-            raise ValueError(f"confusion matrix: num_classes must be a positive integer, got {num_classes!r}")
+        if num_classes is not None:
+            positive_int(num_classes, "num_classes", "confusion matrix")
         self.num_classes, self.experience, self.stream = num_classes, experience, stream
         self._exp: torch.Tensor | None = None
         self._stream: torch.Tensor | None = None
@@ -334,16 +355,24 @@ class AccuracyMatrixMetrics(PluginMetric):
     At the end of every ``eval()`` call that follows a training experience ``i`` (not a periodic evaluation in
     the middle of one), the accuracy on each evaluated experience ``j`` becomes ``R[i, j]`` of that stream; an
     ``eval()`` before any training records ``b[j]``. Emits, per stream (``experience`` / ``stream`` choose the
-    per-experience values and their means):
+    per-experience values and their means), at the end of those ``eval()`` calls:
 
-    * ``accuracy_matrix_stream/eval/STREAM``: ``R`` as a 2-D float64 tensor, NaN where unknown (``matrix``);
-    * ``forgetting_exp/.../expJJJ`` and ``forgetting_stream``: Chaudhry et al. (2018) (``forgetting``);
-    * ``bwt_exp`` and ``bwt_stream``: Lopez-Paz & Ranzato (2017) (``bwt``);
-    * ``fwt_exp/.../expIII`` = ``R[i-1, i] - b[i]`` and ``fwt_stream`` (``fwt``; needs the evaluation before
-      training, hence ``needs_initial_eval``).
+    * ``accuracy_matrix_stream/eval/STREAM``: ``R`` as a 2-D float64 CPU tensor ``[trained experiences,
+      evaluated experiences]``, accuracies in ``[0, 1]``, NaN where unknown (``matrix``);
+    * ``accuracy_initial_stream/eval/STREAM``: ``b`` as a 1-D float64 CPU tensor ``[evaluated experiences]``, NaN
+      where unknown, emitted by an ``eval()`` before any training (``matrix`` or ``fwt``);
+    * ``forgetting_exp/.../expJJJ`` and ``forgetting_stream``: Chaudhry et al. (2018), "Riemannian Walk for
+      Incremental Learning" (``forgetting``);
+    * ``bwt_exp`` and ``bwt_stream``: Lopez-Paz & Ranzato (2017), "Gradient Episodic Memory for Continual
+      Learning" (``bwt``);
+    * ``fwt_exp/.../expIII`` = ``R[i-1, i] - b[i]`` and ``fwt_stream``, same paper (``fwt``; needs the
+      evaluation before training, hence ``needs_initial_eval``).
 
     Experience j of the evaluated stream is assumed to be the one trained as training experience j (as in every
     benchmark whose train and test streams are split the same way).
+
+    :raises ValueError: when no value is chosen, or forgetting / BWT / FWT with neither ``experience`` nor
+        ``stream``.
     """
 
     uses_outputs = True
@@ -395,7 +424,10 @@ class AccuracyMatrixMetrics(PluginMetric):
             acc = self.matrices.setdefault(stream, AccuracyMatrix())
             for (j, _, n), v in zip(pending, values.tolist()):
                 acc.update(trained, j, v / n)
-            return {} if trained is None else self._values(stream)
+            if trained is None:  # the evaluation before training: b
+                wanted = self.matrix or self.fwt
+                return {metric_name(INITIAL_ACCURACY, "stream", "eval", stream): acc.initial()} if wanted else {}
+            return self._values(stream)
 
         return {"#accuracy_matrix": Deferred(tensor, record, expand=True)}
 
@@ -415,8 +447,9 @@ class AccuracyMatrixMetrics(PluginMetric):
             if quantity == "fwt" and len(acc.initial()) == 0 and not self._warned:
                 self._warned = True
                 log.warning("fwt_needs_initial_eval", stream=stream,
-                            hint="forward transfer needs strategy.eval(stream) before the first training "
-                                 "experience (clkernel run does it when a metric has needs_initial_eval)")
+                            hint="forward transfer needs an evaluation before the first training experience: "
+                                 "pass the streams to strategy.train(..., eval_streams=...) (clkernel.run does), "
+                                 "and the kernel evaluates them first (needs_initial_eval)")
             if self.experience:
                 out.update({metric_name(quantity, "exp", "eval", stream, exp=j): v for j, v in values.items()})
             if self.stream and values:
@@ -518,9 +551,11 @@ def cpu_usage_metrics(*, epoch: bool = True, experience: bool = True, stream: bo
 
 def ram_usage_metrics(every: float = 0.5, *, epoch: bool = True, experience: bool = True,
                       stream: bool = True) -> ResourceMetrics:
-    """Peak resident memory of the process in MiB (``max_ram_*``), sampled every ``every`` seconds."""
-    if isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0:
-        raise ValueError(f"max RAM: every must be a positive number of seconds, got {every!r}")
+    """Peak resident memory of the process in MiB (``max_ram_*``), sampled every ``every`` seconds.
+
+    :raises ValueError: when ``every`` is not a positive number.
+    """
+    every = positive_number(every, "every", "max RAM")
     return ResourceMetrics("max_ram", lambda s: MaxRAM(every), epoch=epoch, experience=experience, stream=stream)
 
 

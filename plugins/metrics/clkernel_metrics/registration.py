@@ -1,7 +1,7 @@
 """Entry point of clkernel-metrics: registers the metric names that ``clkernel run --metric NAME`` accepts.
 
-Each factory returns one :class:`~clkernel_metrics.Evaluator` plugin. Cheap to import: the metric modules are
-imported inside the factories.
+Each factory returns one :class:`~clkernel_metrics.Evaluator` plugin. Cheap to import (no torch): the metric
+modules are imported inside the factories.
 """
 
 from __future__ import annotations
@@ -12,12 +12,18 @@ from typing import Any, Callable
 
 import clkernel
 
+__all__ = [
+    "accuracy", "accuracy_matrix", "bwt", "cl", "class_accuracy", "confusion_matrix", "cpu", "default", "disk",
+    "forgetting", "fwt", "gpu", "loss", "ram", "register_metrics", "timing", "top_k",
+]
 
-def default() -> Any:
-    """Accuracy and loss at epoch, experience and stream level (used when no metric is chosen)."""
+
+def default(running_every: int = 32) -> Any:
+    """Accuracy and loss at epoch, experience and stream level, the running epoch loss and accuracy every
+    running_every training iterations, and the accuracy matrix (used when no metric is chosen)."""
     from clkernel_metrics import default_evaluator
 
-    return default_evaluator()
+    return default_evaluator(running_every)
 
 
 def accuracy(minibatch: bool = False, running_epoch: bool = False, epoch: bool = True, experience: bool = True,
@@ -93,7 +99,7 @@ def bwt(experience: bool = True, stream: bool = True) -> Any:
 def fwt(experience: bool = True, stream: bool = True) -> Any:
     """Forward transfer (Lopez-Paz & Ranzato, 2017): R[i-1, i] - b[i], b from an evaluation before training.
 
-    clkernel run evaluates the test stream before the first experience for it (needs_initial_eval).
+    The kernel evaluates the test stream before the first experience for it (needs_initial_eval).
     """
     from clkernel_metrics import AccuracyMatrixMetrics, Evaluator
 
@@ -165,6 +171,7 @@ _METRICS: dict[str, Callable[..., Any]] = {
 
 @clkernel.hookimpl
 def register_metrics(register: Callable[..., None]) -> None:
+    """Register ``default`` (the default metric) and every name of ``_METRICS``."""
     register("default", default, default=True)
     for name, factory in _METRICS.items():
         register(name, factory)

@@ -22,13 +22,17 @@ from typing import Any, Iterable
 
 import torch
 
+from clkernel.validate import positive_int, positive_number
+
 __all__ = [
-    "Accuracy", "AccuracyMatrix", "BackwardTransfer", "CPUUsage", "ClassAccuracy", "ConfusionMatrix",
+    "MB", "Accuracy", "AccuracyMatrix", "BackwardTransfer", "CPUUsage", "ClassAccuracy", "ConfusionMatrix",
     "DiskUsage", "Forgetting", "ForwardTransfer", "Loss", "MaxGPUMemory", "MaxRAM", "Mean", "TopKAccuracy",
-    "WallTime", "backward_transfer", "backward_transfer_per_experience", "current_rss_mb", "forgetting",
-    "forgetting_per_experience", "forward_transfer", "forward_transfer_per_experience",
+    "WallTime", "add_padded", "backward_transfer", "backward_transfer_per_experience", "bincount",
+    "class_accuracies", "current_rss_mb", "forgetting", "forgetting_per_experience", "forward_transfer",
+    "forward_transfer_per_experience", "predictions", "topk_correct",
 ]
 
+#: Bytes in one MiB: memory and disk values are in MiB.
 MB = float(2**20)
 
 
@@ -97,9 +101,7 @@ class TopKAccuracy(Mean):
     """Top-k accuracy: the fraction of samples whose label is among the ``k`` largest outputs."""
 
     def __init__(self, k: int = 5) -> None:
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"top-k accuracy: k must be a positive integer, got {k!r}")
-        self.k = k
+        self.k = positive_int(k, "k", "top-k accuracy")
         super().__init__()
 
     def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
@@ -204,6 +206,8 @@ def _num_classes(given: int | None, output: torch.Tensor, target: torch.Tensor) 
 
 
 def add_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a + b`` for count tensors of the same number of dimensions but possibly different sizes: the smaller
+    one is padded with zeros (a class or task seen in one chunk only)."""
     if a.shape == b.shape:
         return a + b
     shape = [max(x, y) for x, y in zip(a.shape, b.shape)]
@@ -481,9 +485,7 @@ class MaxRAM:
     background thread and at each ``update()`` / ``result()``. ``close()`` stops the sampling."""
 
     def __init__(self, every: float = 0.5) -> None:
-        if not every > 0:
-            raise ValueError(f"max RAM: every must be a positive number of seconds, got {every!r}")
-        self.every = float(every)
+        self.every = positive_number(every, "every", "max RAM")
         self._max = 0.0
         self.reset()
 

@@ -9,8 +9,9 @@ import torch
 
 import clkernel
 from clkernel_metrics import (
-    AccuracyMatrixMetrics, AccuracyMetrics, ClassAccuracyMetrics, ConfusionMatrixMetrics, Evaluator, LossMetrics,
-    TopKAccuracyMetrics, default_evaluator, disk_usage_metrics, gpu_usage_metrics, timing_metrics,
+    RUNNING_EVERY, AccuracyMatrixMetrics, AccuracyMetrics, ClassAccuracyMetrics, ConfusionMatrixMetrics, Evaluator,
+    LossMetrics, PluginMetric, TopKAccuracyMetrics, default_evaluator, disk_usage_metrics, gpu_usage_metrics,
+    timing_metrics,
 )
 
 R2 = [[0.8, 0.1], [0.6, 0.9]]
@@ -78,8 +79,60 @@ def test_accuracy_and_loss_at_every_granularity(table):
     assert running == pytest.approx(expected)
     assert [s for s, _ in history["acc_epoch/train/train"]] == [2, 4, 7, 10]  # step: state.iteration
     assert len(_values(history, "loss_mb/train/train")) == 10
-    # per-minibatch values are emitted as 0-d tensors (no synchronisation), stored as floats at the next boundary
-    assert all(type(v) is float for _, v in evaluator._history["acc_mb/train/train"])
+    assert all(type(v) is float for _, v in history["acc_mb/train/train"])
+
+
+class ChunkSpy(PluginMetric):
+    """Records how many minibatches each chunk holds: how often the evaluator flushed."""
+
+    uses_outputs = True
+
+    def __init__(self) -> None:
+        self.minibatches: list[tuple[str, int]] = []
+
+    def update(self, chunk) -> None:
+        self.minibatches.append((chunk.phase, len(chunk.sizes)))
+
+
+class RunningRecorder:
+    """The running epoch accuracy and loss and the minibatch accuracy at every iteration, computed independently
+    of the metrics: ``values[iteration] = (running acc, running loss, minibatch acc)``."""
+
+    name = "running-recorder"
+
+    def __init__(self) -> None:
+        self.values: dict[int, tuple[float, float, float]] = {}
+
+    @clkernel.hookimpl
+    def before_training_epoch(self, state):
+        self.right = self.loss = self.n = 0.0
+
+    @clkernel.hookimpl
+    def after_training_iteration(self, state):
+        n = len(state.mb[1])
+        right = float((state.mb_output.argmax(-1) == state.mb[1]).sum())
+        self.right, self.loss, self.n = self.right + right, self.loss + float(state.loss.detach()) * n, self.n + n
+        self.values[state.iteration] = (self.right / self.n, self.loss / self.n, right / n)
+
+
+def test_values_every_k_iterations_cost_one_flush_per_emission(table):
+    """Running values every 3 iterations: the buffer is flushed at iterations 3, 6, 9... and at epoch ends, not
+    at every iteration; the running values pool the epoch so far, the mb values hold the last minibatch only."""
+    setup = table.build(R2, B2, test_sizes=[10, 20], train_sizes=[64, 24], train_right=[0.75, 0.5])
+    spy, recorder = ChunkSpy(), RunningRecorder()
+    evaluator = Evaluator(AccuracyMetrics(minibatch=True, running_epoch=True, epoch=False, stream=False, every=3),
+                          LossMetrics(running_epoch=True, epoch=False, stream=False, every=3), spy)
+    strategy = table.strategy(setup, evaluator, recorder, train_epochs=2)  # 8 minibatches of 8 per epoch
+    strategy.train(setup.train[0])
+    assert spy.minibatches == [("train", n) for n in (3, 3, 2, 1, 3, 3, 1)]  # flushes at 3, 6, 8 | 9, 12, 15, 16
+    history = evaluator.all_metrics()
+    steps = [3, 6, 9, 12, 15]
+    assert [s for s, _ in history["acc_running_epoch/train/train"]] == steps
+    assert _values(history, "acc_running_epoch/train/train") == pytest.approx([recorder.values[i][0] for i in steps])
+    assert _values(history, "loss_running_epoch/train/train") == pytest.approx(
+        [recorder.values[i][1] for i in steps], rel=1e-6)
+    assert _values(history, "acc_mb/train/train") == pytest.approx([recorder.values[i][2] for i in steps])
+    assert len({round(v, 6) for v in _values(history, "acc_mb/train/train")}) > 1  # not all the same value
 
 
 def test_flush_size_does_not_change_values(table):
@@ -98,14 +151,33 @@ def test_flush_size_does_not_change_values(table):
             assert other[key] == pytest.approx(results[0][key], rel=1e-6)
 
 
-def test_train_and_eval_return_the_documented_names(table):
+def test_default_metrics_return_the_documented_names(table):
+    assert RUNNING_EVERY == 32
     setup = table.build(R2, B2, test_sizes=[10, 20], train_sizes=[16, 24], train_right=[0.75, 0.5])
-    strategy = table.strategy(setup, default_evaluator())
-    assert set(strategy.train(setup.train[0])) == {"acc_epoch/train/train", "loss_epoch/train/train"}
-    assert set(strategy.eval(setup.test)) == {
+    evaluator = default_evaluator()
+    strategy = table.strategy(setup, evaluator)
+    assert evaluator.needs_initial_eval(strategy.state) is False
+    assert set(strategy.eval(setup.test)) == {  # before training: b, no matrix yet
         "acc_exp/eval/test/exp000", "acc_exp/eval/test/exp001", "acc_stream/eval/test", "acc_exp_mean/eval/test",
         "loss_exp/eval/test/exp000", "loss_exp/eval/test/exp001", "loss_stream/eval/test",
-        "loss_exp_mean/eval/test"}
+        "loss_exp_mean/eval/test", "accuracy_initial_stream/eval/test"}
+    assert set(strategy.train(setup.train[0])) == {"acc_epoch/train/train", "loss_epoch/train/train"}  # 2 it < 32
+    out = strategy.eval(setup.test)
+    assert set(out) == {
+        "acc_exp/eval/test/exp000", "acc_exp/eval/test/exp001", "acc_stream/eval/test", "acc_exp_mean/eval/test",
+        "loss_exp/eval/test/exp000", "loss_exp/eval/test/exp001", "loss_stream/eval/test",
+        "loss_exp_mean/eval/test", "accuracy_matrix_stream/eval/test"}
+    assert out["accuracy_matrix_stream/eval/test"].tolist() == [pytest.approx(R2[0])]
+    for name in out:
+        clkernel.parse_metric_name(name)  # every name follows the kernel's scheme
+
+    setup = table.build(R2, B2, test_sizes=[10, 20], train_sizes=[16, 24], train_right=[0.75, 0.5])
+    strategy = table.strategy(setup, default_evaluator(running_every=1))
+    out = strategy.train(setup.train[0])
+    assert out["acc_running_epoch/train/train"] == pytest.approx(0.75)  # a 0-d tensor: the whole epoch at its end
+    assert out["loss_running_epoch/train/train"] == pytest.approx(out["loss_epoch/train/train"], rel=1e-6)
+    with pytest.raises(ValueError, match="default metrics: running_every must be a positive integer, got 0"):
+        default_evaluator(running_every=0)
 
 
 # The hand-made matrix of test_standalone: R[i][j] after training i, b before training.
@@ -118,9 +190,12 @@ B3 = [0.10, 0.05, 0.20]
 def test_accuracy_matrix_forgetting_bwt_fwt_in_the_loop(table):
     setup = table.build(R3, B3, test_sizes=[20, 20, 20], train_sizes=[8, 8, 8], train_right=[1, 1, 1])
     cl = Evaluator(AccuracyMatrixMetrics(matrix=True, forgetting=True, bwt=True, fwt=True))
-    assert cl.needs_initial_eval
     strategy = table.strategy(setup, cl)
-    assert strategy.eval(setup.test) == {}  # before training: b is recorded, nothing is derived yet
+    assert cl.needs_initial_eval(strategy.state) is True
+    out_b = strategy.eval(setup.test)  # before training: b is recorded and logged, nothing is derived yet
+    assert set(out_b) == {"accuracy_initial_stream/eval/test"}
+    b = out_b["accuracy_initial_stream/eval/test"]
+    assert b.dtype == torch.float64 and b.shape == (3,) and b.tolist() == pytest.approx(B3)
     out0 = (strategy.train(setup.train[0]), strategy.eval(setup.test))[1]
     out1 = (strategy.train(setup.train[1]), strategy.eval(setup.test))[1]
     out2 = (strategy.train(setup.train[2]), strategy.eval(setup.test))[1]
@@ -150,6 +225,17 @@ def test_periodic_evaluation_inside_an_experience_is_not_a_row(table):
     out = strategy.train(setup.train, eval_streams=[setup.test])
     assert out["accuracy_matrix_stream/eval/test"].flatten().tolist() == pytest.approx(sum(R3, []))
     assert out["bwt_stream/eval/test"] == pytest.approx(-0.25)
+
+
+def test_the_kernel_runs_the_initial_evaluation_that_fwt_asks_for(table):
+    setup = table.build(R3, B3, test_sizes=[20, 20, 20], train_sizes=[8, 8, 8], train_right=[1, 1, 1])
+    strategy = table.strategy(setup, Evaluator(AccuracyMatrixMetrics(matrix=False, fwt=True)))
+    out = strategy.train(setup.train, eval_streams=[setup.test])
+    assert out["accuracy_initial_stream/eval/test"].tolist() == pytest.approx(B3)
+    assert out["fwt_exp/eval/test/exp001"] == pytest.approx(0.10 - 0.05)
+    assert out["fwt_exp/eval/test/exp002"] == pytest.approx(0.30 - 0.20)
+    assert out["fwt_stream/eval/test"] == pytest.approx(0.075)
+    assert "accuracy_matrix_stream/eval/test" not in out  # matrix=False
 
 
 def test_fwt_without_initial_evaluation_emits_nothing(table):
@@ -256,8 +342,12 @@ def test_bad_inputs_get_clear_errors(table):
         Evaluator(object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="acc: choose at least one of"):
         AccuracyMetrics(epoch=False, experience=False, stream=False)
-    with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+    with pytest.raises(ValueError, match="confusion matrix: num_classes must be a positive integer, got 0"):
         ConfusionMatrixMetrics(num_classes=0)
+    with pytest.raises(ValueError, match="Evaluator: flush_every must be a positive integer, got 0"):
+        Evaluator(AccuracyMetrics(), flush_every=0)
+    with pytest.raises(ValueError, match="acc: every must be a positive integer, got 1.5"):
+        AccuracyMetrics(every=1.5)
 
     class TupleModel(torch.nn.Module):
         def __init__(self):
@@ -345,16 +435,19 @@ def test_thread_count_is_restored(table):
         torch.set_num_threads(threads)
 
 
-def test_resolve_computes_every_deferred_value_in_one_transfer():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_resolve_computes_every_deferred_value_in_one_transfer(device):
     from clkernel_metrics import Deferred, resolve
-    from clkernel_metrics.evaluator import _transfer
 
-    items = {"a": Deferred(torch.tensor(3), lambda t: t.item() / 4),
-             "m": Deferred(torch.tensor([[1, 2], [3, 4]]), lambda t: t.long()),
-             "#x": Deferred(torch.tensor([5.0, 6.0]), lambda t: {"x0": t[0].item(), "x1": t[1].item()}, expand=True),
+    items = {"a": Deferred(torch.tensor(3, device=device), lambda t: t.item() / 4),
+             "m": Deferred(torch.tensor([[1, 2], [3, 4]], device=device), lambda t: t.long()),
+             "#x": Deferred(torch.tensor([5.0, 6.0], device=device),
+                            lambda t: {"x0": t[0].item(), "x1": t[1].item()}, expand=True),
+             "none": Deferred(torch.tensor(1.0, device=device), lambda t: None),
              "plain": 1.5}
     out = resolve(items)
+    assert list(out) == ["a", "m", "x0", "x1", "plain"]  # in order; "#x" expanded, "none" dropped
     assert out["a"] == 0.75 and out["m"].tolist() == [[1, 2], [3, 4]] and out["plain"] == 1.5
-    assert (out["x0"], out["x1"]) == (5.0, 6.0) and "#x" not in out
-    moved = _transfer([(k, v) for k, v in items.items() if isinstance(v, Deferred)])  # the path of CUDA values
-    assert moved["a"] == 0.75 and moved["m"].tolist() == [[1, 2], [3, 4]] and moved["#x"] == {"x0": 5.0, "x1": 6.0}
+    assert out["m"].device.type == "cpu" and out["m"].dtype == torch.long
+    assert (out["x0"], out["x1"]) == (5.0, 6.0)

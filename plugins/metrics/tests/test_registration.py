@@ -25,8 +25,8 @@ def test_every_name_builds_an_evaluator_plugin(tmp_path):
         options = {"run_dir": tmp_path} if name == "disk" else {}
         plugin = reg.load("metric", name, **options)
         assert isinstance(plugin, Evaluator) and plugin.name == ("default-metrics" if name == "default" else name)
-        assert plugin.needs_initial_eval == (name in ("fwt", "cl"))
-        plugin.close()
+        assert plugin.needs_initial_eval(None) is (name in ("fwt", "cl"))  # the kernel asks every plugin
+        plugin.after_run(None)  # releases the RAM sampling thread
     assert "num_classes" in reg.get("metric", "confusion-matrix").options()  # filled by `clkernel run`
 
 
@@ -35,8 +35,10 @@ def test_bad_options_are_named():
     reg.add_module(registration, "metrics")
     with pytest.raises(ValueError, match="top-k accuracy: k must be a positive integer"):
         reg.load("metric", "top-k", k=0)
-    with pytest.raises(ValueError, match="every must be a positive number of seconds"):
+    with pytest.raises(ValueError, match="max RAM: every must be a positive number, got 0"):
         reg.load("metric", "ram", every=0)
+    with pytest.raises(ValueError, match="default metrics: running_every must be a positive integer"):
+        reg.load("metric", "default", running_every=-1)
     with pytest.raises(ValueError, match="disk: give paths"):
         reg.load("metric", "disk")
     with pytest.raises(ValueError, match="acc: choose at least one of"):

@@ -11,7 +11,7 @@ import torch
 from clkernel_metrics import (
     Accuracy, AccuracyMatrix, BackwardTransfer, ClassAccuracy, ConfusionMatrix, CPUUsage, DiskUsage, Forgetting,
     ForwardTransfer, Loss, MaxGPUMemory, MaxRAM, TopKAccuracy, WallTime, backward_transfer, forgetting,
-    forward_transfer, metric_name, parse_name,
+    forward_transfer,
 )
 from clkernel_metrics.standalone import (
     backward_transfer_per_experience, forgetting_per_experience, forward_transfer_per_experience,
@@ -198,14 +198,10 @@ def test_disk_usage(tmp_path):
     assert disk.result() == pytest.approx(2.0)
 
 
-def test_naming_scheme_round_trip():
-    name = metric_name("class_acc", "exp", "eval", "test", exp=2, cls=7)
-    assert name == "class_acc_exp/eval/test/exp002/class007"
-    assert parse_name(name) == {"quantity": "class_acc", "granularity": "exp", "phase": "eval", "stream": "test",
-                                "exp": 2, "task": None, "class": 7}
-    assert parse_name("acc_exp_mean/eval/test")["granularity"] == "exp_mean"
-    assert parse_name("loss_running_epoch/train/train")["quantity"] == "loss"
-    with pytest.raises(ValueError, match="does not end with a granularity"):
-        parse_name("acc/eval/test")
-    with pytest.raises(ValueError, match="unknown granularity"):
-        metric_name("acc", "minibatch", "train", "train")
+def test_options_are_validated_by_the_kernel_validators():
+    with pytest.raises(ValueError, match="top-k accuracy: k must be a positive integer, got 0"):
+        TopKAccuracy(0)
+    with pytest.raises(ValueError, match="max RAM: every must be a positive number, got -1"):
+        MaxRAM(-1)
+    with pytest.raises(ValueError, match="max RAM: every must be a positive number, got True"):
+        MaxRAM(True)  # type: ignore[arg-type]

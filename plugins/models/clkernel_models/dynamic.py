@@ -6,24 +6,29 @@ before each training and evaluation experience). Adaptation is idempotent. New p
 keeps the optimizer state (momentum, Adam moments) of the old ones.
 
 Checkpoints: a grown module's ``state_dict`` loads into a freshly built one (the structure is rebuilt from it).
+
+The growing and multi-head classifiers follow Avalanche's ``IncrementalClassifier`` and ``MultiHeadClassifier``
+(Lomonaco et al., 2021, "Avalanche: an End-to-End Library for Continual Learning").
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable
 
-import structlog
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from clkernel import Experience
+from clkernel.log import get_logger
+from clkernel.validate import non_negative_int, positive_int
 
 __all__ = ["AdaptiveModule", "IncrementalClassifier", "MultiHeadClassifier", "MultiTaskDecorator",
            "MultiTaskModule", "UnknownTaskError", "as_multitask", "classes_by_task"]
 
-log = structlog.get_logger("clkernel")
+log = get_logger("clkernel.models")
 
+#: What a multi-task model does with a task label met at evaluation before any training (see MultiTaskModule).
 UNSEEN_TASK_POLICIES = ("fallback", "error")
 
 
@@ -32,7 +37,8 @@ class UnknownTaskError(ValueError):
 
 
 def classes_by_task(experience: Experience) -> dict[int, list[int]]:
-    """The classes of each task label of ``experience`` (read from its dataset when it mixes several tasks)."""
+    """The classes of each task label of ``experience``: task -> sorted class ids (read from its dataset when it
+    mixes several tasks)."""
     tasks = sorted({int(t) for t in experience.task_labels})
     if len(tasks) == 1:
         return {tasks[0]: sorted(int(c) for c in experience.classes)}
@@ -86,16 +92,18 @@ class IncrementalClassifier(AdaptiveModule):
     :param initial_out_features: units before any adaptation (all masked until their class is trained).
     :param masking: mask the units of classes never trained.
     :param mask_value: the output of masked units (finite, so a masked target gives a large finite loss, not NaN).
+    :param bias: give the units a bias.
+    :raises ValueError: for an ``in_features`` that is not a positive integer or an ``initial_out_features``
+        that is not an integer >= 0.
+
+    ``forward(x)``: float ``(B, in_features)`` -> logits ``(B, out_features)``.
     """
 
     def __init__(self, in_features: int, initial_out_features: int = 2, *, masking: bool = True,
                  mask_value: float = -1000.0, bias: bool = True) -> None:
         super().__init__()
-        if not isinstance(in_features, int) or in_features < 1:
-            raise ValueError(f"IncrementalClassifier: in_features must be a positive integer, got {in_features!r}")
-        if not isinstance(initial_out_features, int) or initial_out_features < 0:
-            raise ValueError(f"IncrementalClassifier: initial_out_features must be an integer >= 0, got "
-                             f"{initial_out_features!r}")
+        positive_int(in_features, "in_features", "IncrementalClassifier")
+        non_negative_int(initial_out_features, "initial_out_features", "IncrementalClassifier")
         self.in_features = in_features
         self.masking = masking
         self.mask_value = float(mask_value)
@@ -145,7 +153,10 @@ class IncrementalClassifier(AdaptiveModule):
 
     @torch.no_grad()
     def grow(self, classes: Iterable[int], *, activate: bool = True) -> None:
-        """Make room for ``classes`` (units up to the largest), and mark them trained when ``activate``."""
+        """Make room for ``classes`` (units up to the largest), and mark them trained when ``activate``.
+
+        :raises ValueError: for a negative class id.
+        """
         classes = sorted({int(c) for c in classes})
         if not classes:
             return
@@ -280,6 +291,12 @@ class MultiTaskModule(AdaptiveModule):
             f"each experience's tasks and gives untrained ones the documented fallback output")
 
     def forward(self, x: torch.Tensor, task_labels: torch.Tensor | int) -> torch.Tensor:
+        """The outputs for ``x`` ``(B, ...)``, each sample through its task: ``task_labels`` is int64 ``(B,)``, a
+        0-d tensor or an int (one task for all). Returns ``(B, *out)``, in the samples' order.
+
+        :raises UnknownTaskError: for a task neither trained nor announced by an evaluation experience.
+        :raises ValueError: when ``task_labels`` has not one label per sample.
+        """
         if isinstance(task_labels, int):
             return self._forward_task(x, task_labels)
         if task_labels.dim() == 0:

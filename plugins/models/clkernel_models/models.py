@@ -10,17 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clkernel.validate import positive_int, unit_interval
 from clkernel_models.dynamic import MultiTaskDecorator
 
 __all__ = ["MTSimpleCNN", "MTSimpleMLP", "SimpleCNN", "SimpleMLP", "SlimResNet18", "SIMPLE_CNN_MIN_SIZE"]
 
 #: The smallest height and width SimpleCNN's two 2x2 poolings leave at least 1x1 of.
 SIMPLE_CNN_MIN_SIZE = 10
-
-
-def _positive(name: str, value: object, what: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{what}: {name} must be a positive integer, got {value!r}")
 
 
 def _check_images(x: torch.Tensor, in_channels: int, what: str, min_size: int = 1) -> None:
@@ -32,7 +28,12 @@ def _check_images(x: torch.Tensor, in_channels: int, what: str, min_size: int = 
 class SimpleMLP(nn.Module):
     """A multi-layer perceptron: ``hidden_layers`` x (Linear, ReLU, Dropout), then a linear classifier.
 
-    Flattens its input, which must have ``input_size`` values per sample.
+    ``forward(x)``: float ``(B, ...)`` with ``input_size`` values per sample (flattened) -> logits
+    ``(B, num_classes)``.
+
+    :param drop_rate: dropout probability after each hidden layer, in [0, 1).
+    :raises ValueError: for a size that is not a positive integer or a ``drop_rate`` out of range; in
+        ``forward``, for inputs of another size.
     """
 
     def __init__(self, num_classes: int = 10, input_size: int = 28 * 28, hidden_size: int = 512,
@@ -40,9 +41,8 @@ class SimpleMLP(nn.Module):
         super().__init__()
         for name, value in (("num_classes", num_classes), ("input_size", input_size), ("hidden_size", hidden_size),
                             ("hidden_layers", hidden_layers)):
-            _positive(name, value, "SimpleMLP")
-        if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"SimpleMLP: drop_rate must be in [0, 1), got {drop_rate!r}")
+            positive_int(value, name, "SimpleMLP")
+        drop_rate = unit_interval(drop_rate, "drop_rate", "SimpleMLP", include_one=False)
         layers: list[nn.Module] = []
         for i in range(hidden_layers):
             layers += [nn.Linear(input_size if i == 0 else hidden_size, hidden_size), nn.ReLU(inplace=True),
@@ -61,13 +61,17 @@ class SimpleMLP(nn.Module):
 
 class SimpleCNN(nn.Module):
     """Avalanche's small CNN: five convolutions (32-32-64-64-64 channels), two max-poolings, global max pooling,
-    dropout 0.25, and a linear classifier on 64 features. Needs images of at least 10x10 pixels.
+    dropout 0.25, and a linear classifier on 64 features.
+
+    ``forward(x)``: float images ``(B, in_channels, H, W)`` with ``H, W >= 10`` -> logits ``(B, num_classes)``.
+
+    :raises ValueError: for a size that is not a positive integer; in ``forward``, for inputs of another shape.
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
-        _positive("num_classes", num_classes, "SimpleCNN")
-        _positive("in_channels", in_channels, "SimpleCNN")
+        positive_int(num_classes, "num_classes", "SimpleCNN")
+        positive_int(in_channels, "in_channels", "SimpleCNN")
         self.in_channels = in_channels
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 32, kernel_size=3, stride=1, padding=1), nn.ReLU(inplace=True),
@@ -107,12 +111,16 @@ class _BasicBlock(nn.Module):
 class SlimResNet18(nn.Module):
     """The reduced ResNet-18 of GEM (Lopez-Paz & Ranzato, 2017): BasicBlocks [2, 2, 2, 2] with ``nf``, 2nf, 4nf,
     8nf channels (``nf=20``), made for 32x32 colour images; global average pooling lets it take other sizes.
+
+    ``forward(x)``: float images ``(B, in_channels, H, W)`` -> logits ``(B, num_classes)``.
+
+    :raises ValueError: for a size that is not a positive integer; in ``forward``, for inputs of another shape.
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, nf: int = 20) -> None:
         super().__init__()
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("nf", nf)):
-            _positive(name, value, "SlimResNet18")
+            positive_int(value, name, "SlimResNet18")
         self.in_channels = in_channels
         self.conv1 = nn.Conv2d(in_channels, nf, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(nf)

@@ -6,11 +6,12 @@ are imported by the factories.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import clkernel
 
-from torch import nn
+__all__ = ["MODELS", "mt_simple_cnn", "mt_simple_mlp", "register_models", "simple_cnn", "simple_mlp",
+           "slim_resnet18"]
 
 
 def _check_image_shape(model: str, input_shape: tuple[int, ...] | None, in_channels: int, min_size: int = 1,
@@ -29,7 +30,7 @@ def _check_image_shape(model: str, input_shape: tuple[int, ...] | None, in_chann
 
 
 def simple_mlp(num_classes: int = 10, input_size: int = 784, hidden_size: int = 512, hidden_layers: int = 1,
-               drop_rate: float = 0.5) -> nn.Module:
+               drop_rate: float = 0.5) -> Any:
     """A multi-layer perceptron (Linear, ReLU, Dropout per hidden layer) that flattens its input.
 
     :param hidden_layers: number of hidden layers of ``hidden_size`` units.
@@ -41,7 +42,7 @@ def simple_mlp(num_classes: int = 10, input_size: int = 784, hidden_size: int = 
 
 
 def simple_cnn(num_classes: int = 10, in_channels: int = 3, input_shape: tuple[int, ...] | None = None,
-               ) -> nn.Module:
+               ) -> Any:
     """A small 5-convolution CNN (Avalanche's SimpleCNN) for images of at least 10x10 pixels (MNIST, CIFAR)."""
     from clkernel_models.models import SIMPLE_CNN_MIN_SIZE, SimpleCNN
 
@@ -50,7 +51,7 @@ def simple_cnn(num_classes: int = 10, in_channels: int = 3, input_shape: tuple[i
 
 
 def slim_resnet18(num_classes: int = 10, in_channels: int = 3, nf: int = 20,
-                  input_shape: tuple[int, ...] | None = None) -> nn.Module:
+                  input_shape: tuple[int, ...] | None = None) -> Any:
     """The reduced ResNet-18 of GEM (nf=20 base channels) for 32x32 colour images (CIFAR); takes other sizes too.
 
     :param nf: channels of the first stage (the others have 2nf, 4nf, 8nf).
@@ -63,7 +64,7 @@ def slim_resnet18(num_classes: int = 10, in_channels: int = 3, nf: int = 20,
 
 def mt_simple_mlp(num_classes: int | None = None, input_size: int = 784, hidden_size: int = 512,
                   hidden_layers: int = 1, drop_rate: float = 0.5, masking: bool = True,
-                  unseen_task: str = "fallback") -> nn.Module:
+                  unseen_task: str = "fallback") -> Any:
     """The simple MLP with one classifier head per task label (multi-head; needs task labels).
 
     :param num_classes: units of each new head (they grow with their task's classes; default 2).
@@ -78,7 +79,7 @@ def mt_simple_mlp(num_classes: int | None = None, input_size: int = 784, hidden_
 
 
 def mt_simple_cnn(num_classes: int | None = None, in_channels: int = 3, input_shape: tuple[int, ...] | None = None,
-                  masking: bool = True, unseen_task: str = "fallback") -> nn.Module:
+                  masking: bool = True, unseen_task: str = "fallback") -> Any:
     """The simple CNN with one classifier head per task label (multi-head; needs task labels).
 
     :param num_classes: units of each new head (they grow with their task's classes; default 2).
@@ -92,7 +93,8 @@ def mt_simple_cnn(num_classes: int | None = None, in_channels: int = 3, input_sh
     return MTSimpleCNN(num_classes, in_channels, masking=masking, unseen_task=unseen_task)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
+#: The factories by registered name; each returns a ``torch.nn.Module``.
+MODELS: dict[str, Callable[..., Any]] = {
     "simple-mlp": simple_mlp, "simple-cnn": simple_cnn, "slim-resnet18": slim_resnet18,
     "mt-simple-mlp": mt_simple_mlp, "mt-simple-cnn": mt_simple_cnn,
 }

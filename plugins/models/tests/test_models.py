@@ -114,7 +114,7 @@ def test_bad_shapes_and_options_name_the_culprit(registry, context):
         registry.load("model", "slim-resnet18", in_channels=3, input_shape=MNIST)
     with pytest.raises(ValueError, match="takes images"):
         registry.load("model", "mt-simple-cnn", input_shape=(64,), in_channels=64)
-    with pytest.raises(ValueError, match="drop_rate must be in"):
+    with pytest.raises(ValueError, match=r"SimpleMLP: drop_rate must be a number in \[0, 1\), got 1.5"):
         registry.load("model", "simple-mlp", drop_rate=1.5)
     with pytest.raises(ValueError, match="hidden_size must be a positive integer"):
         registry.load("model", "mt-simple-mlp", hidden_size=0)

@@ -1,5 +1,10 @@
-"""clkernel-pnn: Progressive Neural Networks (Rusu et al., 2016) for task-incremental learning."""
+"""clkernel-pnn: Progressive Neural Networks (Rusu et al., 2016) for task-incremental learning.
 
-from clkernel_pnn.pnn import ADAPTERS, PNN, LinearAdapter, MLPAdapter, PNNColumn, PNNLayer
+Names are imported on first use (``lazy_loader``), so importing the package, or its entry point
+``clkernel_pnn.registration``, does not import torch.
+"""
 
-__all__ = ["ADAPTERS", "LinearAdapter", "MLPAdapter", "PNN", "PNNColumn", "PNNLayer"]
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__, submod_attrs={"pnn": ["ADAPTERS", "LinearAdapter", "MLPAdapter", "PNN", "PNNColumn", "PNNLayer"]})

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clkernel import Experience
+from clkernel.validate import positive_int, unit_interval
 from clkernel_models import MultiHeadClassifier, MultiTaskModule
 
 __all__ = ["ADAPTERS", "LinearAdapter", "MLPAdapter", "PNN", "PNNColumn", "PNNLayer"]
@@ -28,6 +29,8 @@ __all__ = ["ADAPTERS", "LinearAdapter", "MLPAdapter", "PNN", "PNNColumn", "PNNLa
 class LinearAdapter(nn.Module):
     """Lateral connection as a linear map of the earlier columns' activations (one matrix on their concatenation,
     which is the sum of one matrix per column; no bias, the column's own layer has one).
+
+    ``forward(prev)``: ``num_prev`` activations ``(B, in_features)`` -> ``(B, out_features)``.
     """
 
     def __init__(self, in_features: int, out_features: int, num_prev: int) -> None:
@@ -40,8 +43,11 @@ class LinearAdapter(nn.Module):
 
 
 class MLPAdapter(nn.Module):
-    """Lateral connection of the paper's Eq. 2: ``U relu(V [alpha_j h_j]_j)``, with learned scalars ``alpha_j``
-    (initialised small and random, as the paper says) scaling each earlier column's activation.
+    """Lateral connection of the paper's Eq. 2 (Rusu et al., 2016): ``U relu(V [alpha_j h_j]_j)``, with learned
+    scalars ``alpha_j`` (initialised uniformly in [0, 0.1), small and random as the paper says) scaling each
+    earlier column's activation.
+
+    ``forward(prev)``: ``num_prev`` activations ``(B, in_features)`` -> ``(B, out_features)``.
     """
 
     def __init__(self, in_features: int, out_features: int, num_prev: int) -> None:
@@ -57,11 +63,16 @@ class MLPAdapter(nn.Module):
         return self.U(F.relu(self.V(scaled)))
 
 
+#: Lateral adapters by name (the ``adapter`` option of :class:`PNN`).
 ADAPTERS = {"mlp": MLPAdapter, "linear": LinearAdapter}
 
 
 class PNNColumn(nn.Module):
-    """One column of one layer: ``dropout(relu(W h_own + adapter(h_earlier)))``."""
+    """One column of one layer: ``dropout(relu(W h_own + adapter(h_earlier)))``.
+
+    ``forward(own, prev)``: ``own`` ``(B, in_features)`` and the earlier columns' activations (a list of
+    ``num_prev`` such tensors, empty for the first column) -> ``(B, out_features)``.
+    """
 
     def __init__(self, in_features: int, out_features: int, num_prev: int, adapter: str = "mlp",
                  drop_rate: float = 0.0) -> None:
@@ -88,6 +99,7 @@ class PNNLayer(nn.Module):
         self.add_column()
 
     def add_column(self, **factory: Any) -> PNNColumn:
+        """Append a column with adapters from every existing one; ``factory`` (device, dtype) places it."""
         column = PNNColumn(self.in_features, self.out_features, len(self.columns), self.adapter, self.drop_rate)
         self.columns.append(column.to(**factory))
         return column
@@ -98,7 +110,9 @@ class PNNLayer(nn.Module):
 
 
 class PNN(MultiTaskModule):
-    """Progressive Neural Network for task-incremental learning: routes each sample by its task label.
+    """Progressive Neural Network (Rusu et al., 2016) for task-incremental learning: routes each sample by its
+    task label. ``forward(x, task_labels)``: ``x`` ``(B, ...)`` with ``in_features`` values per sample, int64
+    ``task_labels`` ``(B,)`` -> logits ``(B, C)`` (``C``: the widest head among the minibatch's tasks).
 
     Rules: one task per training experience; a task's column trains while it is the newest, and a task whose
     column was frozen cannot be trained again (an error says so). Tasks met at evaluation before training get
@@ -109,7 +123,10 @@ class PNN(MultiTaskModule):
     :param hidden_features_per_column: units of each column's hidden layers.
     :param adapter: lateral connections, ``"mlp"`` (the paper's non-linear adapter) or ``"linear"``.
     :param num_classes: units of each task's classifier head (default 2; heads grow with their task's classes).
-    :param drop_rate: dropout after each hidden activation of the column being trained.
+    :param drop_rate: dropout after each hidden activation of the column being trained, in [0, 1).
+    :param masking: task heads mask the units of classes their task never trained.
+    :param unseen_task: ``"fallback"`` or ``"error"`` for tasks met at evaluation before training.
+    :raises ValueError: for options out of range or an unknown adapter.
     """
 
     def __init__(self, num_layers: int = 1, in_features: int = 784, hidden_features_per_column: int = 100,
@@ -118,12 +135,10 @@ class PNN(MultiTaskModule):
         super().__init__(unseen_task=unseen_task)
         for name, value in (("num_layers", num_layers), ("in_features", in_features),
                             ("hidden_features_per_column", hidden_features_per_column)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"PNN: {name} must be a positive integer, got {value!r}")
+            positive_int(value, name, "PNN")
         if adapter not in ADAPTERS:
             raise ValueError(f"PNN: adapter must be one of {', '.join(ADAPTERS)}; got {adapter!r}")
-        if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"PNN: drop_rate must be in [0, 1), got {drop_rate!r}")
+        drop_rate = unit_interval(drop_rate, "drop_rate", "PNN", include_one=False)
         self.in_features = in_features
         self.hidden_features_per_column = hidden_features_per_column
         self.layers = nn.ModuleList(
@@ -139,10 +154,11 @@ class PNN(MultiTaskModule):
 
     @property
     def num_columns(self) -> int:
+        """Columns per layer: one per trained task (one before any training)."""
         return len(self.layers[0].columns)
 
     def column_of(self, task: int) -> int:
-        """The column index of a trained task."""
+        """The column index of a trained task. :raises KeyError: for a task never trained."""
         return self._column[task]
 
     # ----------------------------------------------------------------------------------------- adaptation

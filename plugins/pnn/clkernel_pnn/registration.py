@@ -4,18 +4,20 @@ factory.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import clkernel
-from torch import nn
+
+__all__ = ["pnn", "register_models"]
 
 
 def pnn(num_layers: int = 1, in_features: int | None = None, hidden_features_per_column: int = 100,
         adapter: str = "mlp", drop_rate: float = 0.0, masking: bool = True, unseen_task: str = "fallback",
-        input_size: int | None = None, num_classes: int | None = None) -> nn.Module:
+        input_size: int | None = None, num_classes: int | None = None) -> Any:
     """Progressive Neural Network: one column per task, lateral adapters from earlier columns, old columns frozen.
 
-    Needs task labels (task-incremental benchmarks), one task per training experience.
+    Needs task labels (task-incremental benchmarks), one task per training experience. Rusu et al., 2016,
+    "Progressive Neural Networks". Returns a ``clkernel_pnn.PNN`` (a ``torch.nn.Module``).
 
     :param num_layers: hidden layers per column.
     :param in_features: values per (flattened) input sample; defaults to the benchmark's ``input_size``, else 784.

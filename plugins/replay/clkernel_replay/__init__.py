@@ -1,16 +1,19 @@
-"""clkernel-replay: replay buffers (usable on their own), and the replay, GDumb, Cumulative and Joint plugins."""
+"""clkernel-replay: replay buffers (usable on their own), and the replay, GDumb, Cumulative and Joint plugins.
 
-from clkernel_replay.buffers import (ClassBalancedBuffer, ExperienceBalancedBuffer, GreedyClassBalancedBuffer,
-                                     ParametricBuffer, ReservoirSamplingBuffer, StoragePolicy, make_policy)
-from clkernel_replay.cumulative import Cumulative, Joint
-from clkernel_replay.gdumb import GDumb, reinitialize
-from clkernel_replay.replay import BufferSampler, Replay
-from clkernel_replay.selection import (ClosestToCenterSelection, HerdingSelection, RandomSelection,
-                                       SelectionStrategy, compute_features)
+Names are imported on first use (``lazy_loader``), so importing the package, or its entry point
+``clkernel_replay.registration``, does not import torch.
+"""
 
-__all__ = [
-    "BufferSampler", "ClassBalancedBuffer", "ClosestToCenterSelection", "Cumulative", "ExperienceBalancedBuffer",
-    "GDumb", "GreedyClassBalancedBuffer", "HerdingSelection", "Joint", "ParametricBuffer", "RandomSelection",
-    "Replay", "ReservoirSamplingBuffer", "SelectionStrategy", "StoragePolicy", "compute_features", "make_policy",
-    "reinitialize",
-]
+import lazy_loader
+
+_EXPORTS = {
+    "buffers": ["ClassBalancedBuffer", "ExperienceBalancedBuffer", "GreedyClassBalancedBuffer", "ParametricBuffer",
+                "ReservoirSamplingBuffer", "StoragePolicy", "make_policy"],
+    "cumulative": ["Cumulative", "Joint"],
+    "gdumb": ["GDumb", "reinitialize"],
+    "replay": ["BufferSampler", "Replay"],
+    "selection": ["ClosestToCenterSelection", "HerdingSelection", "RandomSelection", "SelectionStrategy",
+                  "compute_features"],
+}
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs=_EXPORTS)

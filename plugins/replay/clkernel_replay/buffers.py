@@ -25,24 +25,24 @@ from typing import Any, Callable, Mapping
 import torch
 
 from clkernel import CLDataset, Experience
-from clkernel_replay.selection import RandomSelection, SelectionStrategy, _seed, as_strategy
+from clkernel.validate import positive_int
+from clkernel_replay.selection import RandomSelection, SelectionStrategy, as_strategy, resolve_seed
 
-__all__ = ["ClassBalancedBuffer", "ExperienceBalancedBuffer", "GreedyClassBalancedBuffer", "ParametricBuffer",
-           "ReservoirSamplingBuffer", "StoragePolicy", "make_policy"]
-
-
-def check_positive_int(value: Any, option: str, owner: str) -> int:
-    """``value`` if it is a positive int, else a ValueError naming ``option`` of ``owner``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}: {option} must be a positive integer, got {value!r}")
-    return value
+__all__ = ["POLICIES", "ClassBalancedBuffer", "ExperienceBalancedBuffer", "GreedyClassBalancedBuffer",
+           "ParametricBuffer", "ReservoirSamplingBuffer", "StoragePolicy", "balanced_quotas", "make_policy",
+           "merge_top_per_group", "top_per_group"]
 
 
 def top_per_group(score: torch.Tensor, group: torch.Tensor, quota: torch.Tensor) -> torch.Tensor:
-    """Positions of the ``quota[g]`` best-scored samples of every group ``g`` (``group`` holds 0..G-1), sorted.
+    """Positions of the ``quota[g]`` best-scored samples of every group ``g``, sorted ascending.
+
+    :param score: ``(n,)`` float, higher is better; samples scored ``-inf`` are never kept.
+    :param group: ``(n,)`` int64, each sample's group in ``0..G-1``.
+    :param quota: ``(G,)`` int64, the samples each group keeps at most.
+    :returns: int64 ``(k,)``, positions in ``0..n-1``.
 
     One stable sort by score, then one by group: a sample's rank in its group is its position minus the group's
-    start. Samples scored ``-inf`` are never kept.
+    start. Ties keep the lower position.
     """
     order = torch.argsort(score, descending=True, stable=True)
     order = order[torch.argsort(group[order], stable=True)]
@@ -55,7 +55,8 @@ def top_per_group(score: torch.Tensor, group: torch.Tensor, quota: torch.Tensor)
 
 
 def balanced_quotas(num_groups: int, total: int) -> torch.Tensor:
-    """``total`` split over ``num_groups`` as evenly as possible; the first groups get the remainder."""
+    """``total`` split over ``num_groups`` as evenly as possible: int64 ``(num_groups,)``, the first groups
+    getting one more when it does not divide evenly."""
     base, extra = divmod(total, num_groups)
     return base + (torch.arange(num_groups) < extra).long()
 
@@ -65,11 +66,18 @@ def merge_top_per_group(old_key: torch.Tensor, old_score: torch.Tensor, new_key:
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per group, the ``quota`` best-scored of an old buffer and new samples: ``(keep, key, score)``.
 
-    The old buffer (``old_key``, ``old_score``) must be sorted by key, then score descending; ``keep`` indexes the
-    concatenation old + new, and the kept ``key`` / ``score`` come out in that same order. ``quotas(keys, counts)``
-    gives each group's memory from the sorted group keys and their candidate counts. Only new samples above their
-    group's cut-off (the old score at rank ``quota - 1``) are sorted; old samples keep their order. Ties go to the
-    old sample.
+    :param old_key: ``(m,)`` int64 group keys of the old buffer, sorted; within a key, ``old_score`` descends.
+    :param old_score: ``(m,)`` float64 scores of the old buffer.
+    :param new_key: ``(n,)`` int64 group keys of the new samples, any order.
+    :param new_score: ``(n,)`` float64 scores of the new samples.
+    :param quotas: ``quotas(keys, counts)``: each group's memory (int64 ``(G,)``) from the sorted distinct group
+        keys ``(G,)`` and their candidate counts ``(G,)``.
+    :returns: ``keep``, int64 ``(k,)`` positions in the concatenation old + new; the kept samples' ``key``
+        (int64) and ``score`` (float64), ``(k,)`` each, sorted by key then score descending (the order ``keep``
+        lists them in).
+
+    Only new samples above their group's cut-off (the old score at rank ``quota - 1``) are sorted; old samples
+    keep their order. Ties go to the old sample.
     """
     m = len(old_key)
     okeys, ocounts = torch.unique_consecutive(old_key, return_counts=True)
@@ -127,15 +135,19 @@ class StoragePolicy:
     """Base class: a buffer of at most ``max_size`` samples, grouped and scored (see the module docstring).
 
     Subclasses define how a dataset's samples are grouped (:meth:`group_of`), the memory each group gets
-    (:meth:`quotas`) and the score of new samples (:meth:`scores`).
+    (:meth:`quotas`) and the score of new samples (:meth:`new_scores`).
+
+    :param max_size: the buffer's capacity in samples.
+    :param seed: seeds the policy's generator (default: drawn from torch's global generator).
+    :raises ValueError: when ``max_size`` is not a positive integer.
     """
 
     #: Name used in error messages.
     kind = "storage policy"
 
     def __init__(self, max_size: int, *, seed: int | None = None) -> None:
-        self.max_size = check_positive_int(max_size, "max_size", type(self).__name__)
-        self.generator = torch.Generator().manual_seed(_seed(seed))
+        self.max_size = positive_int(max_size, "max_size", type(self).__name__)
+        self.generator = torch.Generator().manual_seed(resolve_seed(seed))
         self._data: CLDataset | None = None
         self._group = torch.zeros(0, dtype=torch.long)
         self._score = torch.zeros(0, dtype=torch.float64)
@@ -147,37 +159,49 @@ class StoragePolicy:
 
     @property
     def buffer(self) -> CLDataset | None:
-        """The kept samples as a CLDataset view (None while empty)."""
+        """The kept samples as a CLDataset view (None while empty).
+
+        :raises RuntimeError: between :meth:`load_state_dict` and :meth:`restore` (see :attr:`needs_restore`).
+        """
         if self._pending:
             raise RuntimeError(f"{type(self).__name__} was loaded from a state dict: call restore(datasets) "
                                f"before reading the buffer")
         return self._data
+
+    @property
+    def needs_restore(self) -> bool:
+        """True after :meth:`load_state_dict` loaded a non-empty buffer, until :meth:`restore` gives it its data
+        back; :attr:`buffer` and :meth:`update` raise meanwhile."""
+        return self._pending
 
     def __len__(self) -> int:
         return len(self._group)
 
     @property
     def group_keys(self) -> torch.Tensor:
-        """The group (class, experience, task...) of every buffer sample, aligned with :attr:`buffer`."""
+        """int64 ``(len(self),)``: the group (class, experience, task...) of every buffer sample, aligned with
+        :attr:`buffer`."""
         return self._group
 
     def group_sizes(self) -> dict[int, int]:
-        """Number of buffer samples per group."""
+        """Number of buffer samples per group key."""
         keys, counts = torch.unique(self._group, return_counts=True)
         return dict(zip(keys.tolist(), counts.tolist()))
 
     # ------------------------------------------------------------------ updating
 
     def group_of(self, dataset: CLDataset, key: int) -> torch.Tensor:
-        """The group of every sample of ``dataset`` (``key`` identifies the update: the experience index)."""
+        """int64 ``(len(dataset),)``: the group of every sample of ``dataset`` (``key`` identifies the update: the
+        experience index). The base class puts every sample in group 0."""
         return torch.zeros(len(dataset), dtype=torch.long)
 
     def quotas(self, keys: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """Memory per group, for the sorted group ``keys`` with ``counts`` candidates each."""
+        """Memory per group: int64 ``(G,)`` for the sorted group ``keys`` ``(G,)`` with ``counts`` ``(G,)``
+        candidates each (buffer and new samples together)."""
         return balanced_quotas(len(keys), self.max_size)
 
     def new_scores(self, n: int) -> torch.Tensor:
-        """Scores of ``n`` new samples (float64); higher is kept first. Reservoir: uniform random numbers."""
+        """Scores of ``n`` new samples: float64 ``(n,)``, higher is kept first. Reservoir: uniform in [0, 1)."""
         return torch.rand(n, generator=self.generator, dtype=torch.float64)
 
     def _unpack(self, data: CLDataset | Experience, key: int | None) -> tuple[CLDataset, int]:
@@ -209,6 +233,8 @@ class StoragePolicy:
         :param key: identifies this update (an experience-balanced buffer groups by it); default: the
             experience's index, or the number of updates so far for a bare dataset.
         :param model: used by feature-based selection strategies only.
+        :raises TypeError: when ``data`` is neither an Experience nor a CLDataset.
+        :raises RuntimeError: while :attr:`needs_restore`.
         """
         dataset, key = self._unpack(data, key)
         new_key = self.group_of(dataset, key)
@@ -219,7 +245,9 @@ class StoragePolicy:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain tensors: which sample of which update every buffer slot holds, and its group and score."""
+        """Plain tensors, no data: which sample of which update every buffer slot holds (``origin``, int64
+        ``(size, 2)``: update key and position in that update's dataset), its ``group`` (int64) and ``score``
+        (float64), the number of ``updates`` and the generator's state."""
         return {"group": self._group.clone(), "score": self._score.clone(), "origin": self._origin.clone(),
                 "updates": self._updates, "generator": self.generator.get_state()}
 
@@ -233,7 +261,11 @@ class StoragePolicy:
 
     def restore(self, datasets: Mapping[int, CLDataset] | Callable[[int], CLDataset]) -> None:
         """Rebuild the buffer view after :meth:`load_state_dict` from the datasets of past updates, by key
-        (for experiences: ``{exp.index: exp.dataset for exp in stream}``)."""
+        (for experiences: ``{exp.index: exp.dataset for exp in stream}``). Does nothing unless
+        :attr:`needs_restore`.
+
+        :raises KeyError: when the dataset of an update that buffer samples come from is missing.
+        """
         if not self._pending:
             return
         get = datasets if callable(datasets) else datasets.__getitem__
@@ -257,7 +289,8 @@ class StoragePolicy:
 
 
 class ReservoirSamplingBuffer(StoragePolicy):
-    """Reservoir sampling: a uniform random sample of at most ``max_size`` of all the samples ever seen."""
+    """Reservoir sampling (Vitter, 1985): a uniform random sample of at most ``max_size`` of all the samples
+    ever seen, kept as the ``max_size`` largest of one uniform random key drawn per sample."""
 
 
 class ExperienceBalancedBuffer(StoragePolicy):
@@ -269,8 +302,8 @@ class ExperienceBalancedBuffer(StoragePolicy):
                  seed: int | None = None) -> None:
         super().__init__(max_size, seed=seed)
         if not adaptive_size:
-            check_positive_int(num_experiences, "num_experiences (needed when adaptive_size is False)",
-                               type(self).__name__)
+            positive_int(num_experiences, "num_experiences (needed when adaptive_size is False)",
+                         type(self).__name__)
         self.adaptive_size, self.num_experiences = adaptive_size, num_experiences
 
     def group_of(self, dataset: CLDataset, key: int) -> torch.Tensor:
@@ -293,8 +326,8 @@ class ClassBalancedBuffer(StoragePolicy):
                  seed: int | None = None) -> None:
         super().__init__(max_size, seed=seed)
         if not adaptive_size:
-            check_positive_int(total_num_classes, "total_num_classes (needed when adaptive_size is False)",
-                               type(self).__name__)
+            positive_int(total_num_classes, "total_num_classes (needed when adaptive_size is False)",
+                         type(self).__name__)
         self.adaptive_size, self.total_num_classes = adaptive_size, total_num_classes
 
     def group_of(self, dataset: CLDataset, key: int) -> torch.Tensor:
@@ -310,9 +343,10 @@ class ClassBalancedBuffer(StoragePolicy):
 
 
 class GreedyClassBalancedBuffer(StoragePolicy):
-    """GDumb's greedy class-balanced sampler: samples already stored stay first, new ones fill the memory by
-    class, and classes are balanced (max-min fair: each class gets ``max_size / classes seen`` within one, and
-    a class with fewer samples leaves its room to the others). New samples enter in a random order."""
+    """GDumb's greedy class-balanced sampler (Prabhu et al., 2020): samples already stored stay first, new ones
+    fill the memory by class, and classes are balanced (max-min fair: each class gets ``max_size / classes seen``
+    within one, and a class with fewer samples leaves its room to the others). New samples enter in a random
+    order."""
 
     def __init__(self, max_size: int, *, seed: int | None = None) -> None:
         super().__init__(max_size, seed=seed)
@@ -360,6 +394,18 @@ class ParametricBuffer(StoragePolicy):
         self.groupby = groupby
         self.selection = as_strategy(selection if selection is not None else RandomSelection(seed))
 
+    def state_dict(self) -> dict[str, Any]:
+        """The base state, plus the selection strategy's (``"selection"``) when it has a ``state_dict()``."""
+        state = super().state_dict()
+        if callable(getattr(self.selection, "state_dict", None)):
+            state["selection"] = self.selection.state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "selection" in state:
+            self.selection.load_state_dict(state["selection"])
+
     def group_of(self, dataset: CLDataset, key: int) -> torch.Tensor:
         if self.groupby == "class":
             return dataset.targets.to(torch.long)
@@ -395,10 +441,13 @@ POLICIES = ("experience_balanced", "class_balanced", "reservoir", "greedy_class_
 
 
 def make_policy(name: str, mem_size: int, seed: int | None = None) -> StoragePolicy:
-    """The storage policy called ``name`` (one of :data:`POLICIES`) with ``mem_size`` slots.
+    """The storage policy called ``name`` (one of :data:`POLICIES`; case and ``-``/``_`` do not matter) with
+    ``mem_size`` slots.
 
     ``random``, ``herding`` and ``closest_to_center`` are class-grouped parametric buffers; the feature-based
     ones use the model's output as features (build a :class:`ParametricBuffer` yourself for another layer).
+
+    :raises ValueError: for an unknown name, or a ``mem_size`` that is not a positive integer.
     """
     from clkernel_replay.selection import ClosestToCenterSelection, HerdingSelection
 

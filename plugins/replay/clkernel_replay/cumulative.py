@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import structlog
 import torch
 
 import clkernel
-from clkernel import CLDataset, DynamicModule, Experience, TrainState
+from clkernel import CLDataset, Experience, TrainState, adapt_model
+from clkernel.log import get_logger
 
 __all__ = ["Cumulative", "Joint"]
 
-log = structlog.get_logger("clkernel")
+log = get_logger("clkernel.replay")
 
 
 class Cumulative:
@@ -45,7 +45,8 @@ class Cumulative:
         return first.concat(*rest) if rest else first
 
     def state_dict(self) -> dict[str, Any]:
-        return {"experiences": torch.tensor([e.index for e in self._seen], dtype=torch.long)}
+        seen = self._pending if self._pending is not None else [e.index for e in self._seen]
+        return {"experiences": torch.tensor(seen, dtype=torch.long)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Load a checkpoint; the experiences are found again in the stream of the next training experience."""
@@ -60,7 +61,9 @@ class Joint:
     still see their events) and a ``joint_skip`` log line says so. The loop of ``clkernel run``
     (``train(exp); eval(test_stream)`` per experience) therefore trains once on the whole stream and then only
     evaluates. Streams are told apart by name. Dynamic modules (growing heads) are adapted to the joint data's
-    classes before training.
+    classes before training (:func:`clkernel.adapt_model`, which also gives the optimizer their new parameters).
+
+    :raises ValueError: (at training) when the experience belongs to no stream.
     """
 
     name = "joint"
@@ -88,10 +91,7 @@ class Joint:
         first, *rest = (e.dataset.train() for e in stream)  # type: ignore[union-attr]
         state.dataset = first.concat(*rest) if rest else first
         joint = Experience(state.experience.index, state.dataset)  # type: ignore[union-attr]
-        for module in list(state.model.modules()):
-            if isinstance(module, DynamicModule):
-                module.adaptation(joint)
-        state.model.to(state.device)
+        adapt_model(state.model, joint, optimizer=state.optimizer, device=state.device)
 
     @clkernel.hookimpl
     def before_training_epoch(self, state: TrainState) -> None:

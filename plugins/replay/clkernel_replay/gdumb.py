@@ -8,7 +8,8 @@ import torch
 
 import clkernel
 from clkernel import TrainState
-from clkernel_replay.buffers import GreedyClassBalancedBuffer, check_positive_int
+from clkernel.validate import positive_int
+from clkernel_replay.buffers import GreedyClassBalancedBuffer
 from clkernel_replay.replay import restore_from_stream
 
 __all__ = ["GDumb", "reinitialize"]
@@ -20,6 +21,9 @@ def reinitialize(model: torch.nn.Module, initial: Mapping[str, torch.Tensor]) ->
 
     A module whose parameters or buffers changed shape or appeared since (a grown classifier head) is reset with
     its own ``reset_parameters()`` instead.
+
+    :param initial: a ``model.state_dict()`` taken earlier (name -> tensor).
+    :raises ValueError: for a changed module that has no ``reset_parameters()``.
     """
     for prefix, module in model.named_modules():
         own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
@@ -37,7 +41,8 @@ def reinitialize(model: torch.nn.Module, initial: Mapping[str, torch.Tensor]) ->
 
 
 class GDumb:
-    """GDumb: keep a greedy class-balanced buffer of ``mem_size`` samples and, at each experience, train the
+    """GDumb (Prabhu, Torr & Dokania, 2020, "GDumb: A Simple Approach that Questions Our Progress in Continual
+    Learning"): keep a greedy class-balanced buffer of ``mem_size`` samples and, at each experience, train the
     model from its initial parameters on the buffer only.
 
     The model's initial state is recorded at the first training experience; at each later one its parameters
@@ -47,19 +52,19 @@ class GDumb:
 
     :param mem_size: the buffer's size in samples.
     :param seed: seeds the order in which new samples enter the buffer.
+    :raises ValueError: for a ``mem_size`` that is not a positive integer.
     """
 
     name = "gdumb"
 
     def __init__(self, mem_size: int = 200, seed: int | None = None) -> None:
-        self.mem_size = check_positive_int(mem_size, "mem_size", self.name)
+        self.mem_size = positive_int(mem_size, "mem_size", self.name)
         self.storage_policy = GreedyClassBalancedBuffer(mem_size, seed=seed)
         self.initial_state: dict[str, torch.Tensor] | None = None
 
     @clkernel.hookimpl
     def before_training_exp(self, state: TrainState) -> None:
-        if self.storage_policy._pending:
-            restore_from_stream(self.storage_policy, state, self.name)
+        restore_from_stream(self.storage_policy, state, self.name)
         if self.initial_state is None:
             self.initial_state = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
             return

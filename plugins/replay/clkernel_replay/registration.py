@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 import clkernel
 
+__all__ = ["cumulative", "gdumb", "joint", "register_plugins", "replay"]
+
 
 def replay(mem_size: int = 200, batch_size_mem: int | None = None, task_balanced: bool = False,
            storage_policy: str = "experience_balanced", seed: int | None = None) -> Any:

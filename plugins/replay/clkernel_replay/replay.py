@@ -8,8 +8,9 @@ import torch
 
 import clkernel
 from clkernel import CLDataset, TrainState
-from clkernel_replay.buffers import StoragePolicy, check_positive_int, make_policy
-from clkernel_replay.selection import _seed
+from clkernel.validate import positive_int
+from clkernel_replay.buffers import StoragePolicy, make_policy
+from clkernel_replay.selection import resolve_seed
 
 __all__ = ["BufferSampler", "Replay", "restore_from_stream"]
 
@@ -19,6 +20,10 @@ class BufferSampler:
 
     With ``task_balanced``, each task label present in the buffer gets its own cycle and an equal part of every
     minibatch (the first tasks get the remainder). Draws use the batched path of the dataset.
+
+    :param buffer: the samples to draw from (a non-empty CLDataset).
+    :param batch_size: samples per :meth:`draw`.
+    :param generator: the shuffles' generator (default: torch's global one).
     """
 
     def __init__(self, buffer: CLDataset, batch_size: int, *, task_balanced: bool = False,
@@ -41,13 +46,21 @@ class BufferSampler:
         return order[:n]
 
     def draw(self) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        """One minibatch ``(x, y, t)`` of buffer samples, on the CPU (or wherever the buffer's data lives)."""
+        """One minibatch ``(x, y, t)`` of ``batch_size`` buffer samples: inputs ``(batch_size, *input_shape)``,
+        int64 targets and task labels ``(batch_size,)``, on the CPU (or wherever the buffer's data lives)."""
         idx = torch.cat([self._take(i, n) for i, (_, n) in enumerate(self._pools)])
         return self.buffer.get_batch(idx)
 
 
 def restore_from_stream(policy: StoragePolicy, state: TrainState, who: str) -> None:
-    """Rebuild a buffer loaded from a checkpoint from the experiences of the current experience's stream."""
+    """Give a buffer loaded from a checkpoint its data back, from the experiences of the stream of the experience
+    being trained; does nothing unless ``policy.needs_restore``.
+
+    :param who: the plugin's name, for the error message.
+    :raises RuntimeError: when the buffer needs its data and the experience belongs to no stream.
+    """
+    if not policy.needs_restore:
+        return
     stream = state.experience.stream if state.experience is not None else None
     if stream is None:
         raise RuntimeError(f"{who}: the buffer was loaded from a checkpoint and is rebuilt from the stream of the "
@@ -56,8 +69,12 @@ def restore_from_stream(policy: StoragePolicy, state: TrainState, who: str) -> N
 
 
 class Replay:
-    """Experience replay: each training minibatch is the current data plus ``batch_size_mem`` buffer samples;
-    the buffer is updated with the experience's data after each experience.
+    """Experience replay (as in Chaudhry et al., 2019, "On Tiny Episodic Memories in Continual Learning"): each
+    training minibatch is the current data plus ``batch_size_mem`` buffer samples; the buffer is updated with the
+    experience's data after each experience.
+
+    Buffer samples are concatenated to the minibatch along dimension 0, so their inputs must be tensors of the
+    same sample shape and dtype as the current data (a TypeError or ValueError says otherwise).
 
     :param mem_size: the buffer's size in samples.
     :param batch_size_mem: buffer samples added to each minibatch (default: the strategy's ``train_mb_size``).
@@ -66,15 +83,18 @@ class Replay:
         :data:`~clkernel_replay.buffers.POLICIES`); default ``"experience_balanced"``. A policy object must
         have ``max_size == mem_size``.
     :param seed: seeds the buffer's sampling (default: drawn from torch's global generator).
+    :raises ValueError: for a ``mem_size`` or ``batch_size_mem`` that is not a positive integer, or a policy
+        whose ``max_size`` differs from ``mem_size``.
+    :raises TypeError: for a ``storage_policy`` that is neither a name nor a StoragePolicy.
     """
 
     name = "replay"
 
     def __init__(self, mem_size: int = 200, batch_size_mem: int | None = None, task_balanced: bool = False,
                  storage_policy: str | StoragePolicy = "experience_balanced", seed: int | None = None) -> None:
-        check_positive_int(mem_size, "mem_size", self.name)
+        positive_int(mem_size, "mem_size", self.name)
         if batch_size_mem is not None:
-            check_positive_int(batch_size_mem, "batch_size_mem", self.name)
+            positive_int(batch_size_mem, "batch_size_mem", self.name)
         if isinstance(storage_policy, str):
             storage_policy = make_policy(storage_policy, mem_size, seed)
         elif not isinstance(storage_policy, StoragePolicy):
@@ -85,7 +105,7 @@ class Replay:
                              f"{storage_policy.max_size}; give the same size to both")
         self.mem_size, self.batch_size_mem, self.task_balanced = mem_size, batch_size_mem, task_balanced
         self.storage_policy = storage_policy
-        self.generator = torch.Generator().manual_seed(_seed(seed))
+        self.generator = torch.Generator().manual_seed(resolve_seed(seed))
         self._sampler: BufferSampler | None = None
         self._checked = False
 
@@ -96,8 +116,7 @@ class Replay:
 
     @clkernel.hookimpl
     def before_training_exp(self, state: TrainState) -> None:
-        if self.storage_policy._pending:
-            restore_from_stream(self.storage_policy, state, self.name)
+        restore_from_stream(self.storage_policy, state, self.name)
         buffer = self.storage_policy.buffer
         self._sampler = None if buffer is None else BufferSampler(
             buffer.train(), self.batch_size_mem or state.train_mb_size, task_balanced=self.task_balanced,
