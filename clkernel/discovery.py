@@ -193,10 +193,24 @@ def _register_into(staged: list[Component], kind: str, source: PluginSource) -> 
 
 
 def _signature(factory: Callable[..., Any]) -> inspect.Signature:
+    """The factory's signature with each annotation evaluated on its own: one that does not evaluate (a name
+    imported only for type checking) stays a string without turning the others into strings."""
     try:
         return inspect.signature(factory, eval_str=True)
-    except Exception:  # noqa: BLE001 - annotations that do not evaluate: fall back to the raw signature
-        return inspect.signature(factory)
+    except Exception:  # noqa: BLE001 - some annotation does not evaluate: evaluate them one by one
+        raw = inspect.signature(factory)
+    scope = getattr(inspect.unwrap(factory), "__globals__", {})
+
+    def evaluate(annotation: Any) -> Any:
+        if not isinstance(annotation, str):
+            return annotation
+        try:
+            return eval(annotation, scope)  # noqa: S307 - what inspect.signature(eval_str=True) does
+        except Exception:  # noqa: BLE001
+            return annotation
+
+    return raw.replace(parameters=[p.replace(annotation=evaluate(p.annotation)) for p in raw.parameters.values()],
+                       return_annotation=inspect.Signature.empty)
 
 
 def _split_top_level(text: str) -> list[str]:

@@ -157,3 +157,24 @@ def test_show_prints_summary_and_options(site):
     assert result.returncode == 0, result.stderr
     assert "A two-layer MLP for tests." in result.stdout
     assert "hidden: int = 8" in result.stdout and "num_classes: int = 2  (filled by `clkernel run`)" in result.stdout
+
+
+def test_options_are_typed_even_when_another_annotation_does_not_evaluate():
+    from clkernel.discovery import Registry
+
+    def factory(download: bool = False, size: int = 3) -> "NotImportedAtRunTime":  # noqa: F821
+        return download, size
+
+    class Module:
+        @clkernel.hookimpl
+        def register_benchmarks(register):
+            register("lazy", factory)
+
+    registry = Registry()
+    registry.add_module(Module, "lazy-source")
+    clkernel.discovery.reset_registry(registry)
+    try:
+        assert clkernel.discovery.parse_options("benchmark", "lazy:download=false,size=5") == \
+            ("lazy", {"download": False, "size": 5})
+    finally:
+        clkernel.discovery.reset_registry()

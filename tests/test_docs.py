@@ -233,17 +233,17 @@ class Runner:
 
     def __init__(self, blocks: list[Block], folder: Path) -> None:
         self.pool = ThreadPoolExecutor(max_workers=WORKERS)
-        self.futures: dict[tuple[str, int], Future[tuple[bool, str]]] = {}
+        self.futures: dict[tuple[str, int], Future[Any]] = {}
         self.skips: dict[tuple[str, int], str] = {}
         by_doc: dict[str, list[Block]] = {}
         for b in blocks:
             by_doc.setdefault(b.document, []).append(b)
         jobs = []
         for doc, doc_blocks in by_doc.items():
-            name = Path(doc).stem
-            files = {b.file_name: b.code for b in collect(ROOT / doc) if b.file_name and b.language not in RUN}
-            python, skipped_before = [], None
-            for b in [b for b in collect(ROOT / doc) if b.language == "python"]:
+            name, every = Path(doc).stem, [b for b in BLOCKS if b.document == doc]
+            files = {b.file_name: b.code for b in every if b.file_name and b.language not in RUN}
+            python, skipped_before = [], None  # all the document's Python blocks run, in one namespace
+            for b in [b for b in every if b.language == "python"]:
                 reason = skipped_before or _skip_reason(b)
                 if reason:
                     self.skips[(doc, b.index)] = reason
@@ -259,6 +259,7 @@ class Runner:
                         self.skips[(doc, b.index)] = reason
                     else:
                         jobs.append(([b], lambda b=b, n=name, f=files: run_commands(b, folder / f"{n}-{b.index}", f)))
+        jobs.sort(key=lambda job: not any(b.needs_real_data for b in job[0]))  # the long ones first
         for covered, job in jobs:
             future = self.pool.submit(job)
             for b in covered:

@@ -54,7 +54,9 @@ def resolve_root(dataset_root: str | os.PathLike[str] | None) -> Path:
 
 def _not_found(benchmark: str, dataset: str, root: Path, where: Path, download: bool,
                error: BaseException | None = None) -> DatasetNotFoundError:
-    origin = "" if os.environ.get(DATA_VARIABLE) is None else f" (from ${DATA_VARIABLE})"
+    from_variable = os.environ.get(DATA_VARIABLE)
+    origin = f" (from ${DATA_VARIABLE})" if from_variable and Path(from_variable).expanduser().resolve() == \
+        Path(root).expanduser().resolve() else ""
     fixes = (f"point the dataset root at a folder that holds {where.relative_to(root)}: the benchmark option "
              f"dataset_root=PATH, `clkernel run --data-root PATH`, or the {DATA_VARIABLE} environment variable")
     if download:
