@@ -18,6 +18,8 @@ Examples: ``acc_epoch/train/train``, ``acc_exp/eval/test/exp002``, ``acc_stream/
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from attrs import frozen
 
 __all__ = ["GRANULARITIES", "PHASES", "MetricName", "metric_name", "parse_metric_name"]
@@ -78,8 +80,9 @@ def metric_name(quantity: str, granularity: str, phase: str, stream: str, *, exp
                           *(None if v is None else int(v) for v in (exp, task, cls))))
 
 
+@lru_cache(maxsize=8192)
 def parse_metric_name(name: str) -> MetricName:
-    """The parts of a name built by :func:`metric_name`.
+    """The parts of a name built by :func:`metric_name` (cached: loggers parse every value's name).
 
     :raises ValueError: naming the part that does not follow the scheme (loggers that accept any name catch it
         and treat the value as unnamed).

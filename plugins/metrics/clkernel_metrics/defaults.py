@@ -25,8 +25,9 @@ __all__ = ["RUNNING_EVERY", "default_evaluator"]
 
 #: Training iterations between two running values (``*_running_epoch/train/*``) of the default metrics. Each
 #: emission costs one flush of the evaluator's buffer (a concatenation and a few reductions over 32 minibatches,
-#: work that a flush would do later anyway) and one call of every logger with four 0-d tensors, no device
-#: synchronisation: under 1% of the training time of even a small MLP (``bench/bench_evaluator_overhead.py``).
+#: work that a later flush would do anyway) and one call of every logger with four 0-d tensors, with no device
+#: synchronisation in the evaluator. ``bench/bench_evaluator_overhead.py`` (an MLP 784-512-10, minibatches of
+#: 128, 2 threads) measured 0.2% of the training and evaluation time inside the default evaluator's events.
 RUNNING_EVERY = 32
 
 

@@ -228,17 +228,38 @@ class PluginMetric:
     def update(self, chunk: Chunk) -> None:
         """Accumulate from a chunk of minibatches (only when ``uses_outputs``)."""
 
-    def before_training(self, state: TrainState) -> dict[str, Any] | None: ...
-    def before_training_exp(self, state: TrainState) -> dict[str, Any] | None: ...
-    def before_training_epoch(self, state: TrainState) -> dict[str, Any] | None: ...
-    def after_training_iteration(self, state: TrainState) -> dict[str, Any] | None: ...
-    def after_training_epoch(self, state: TrainState) -> dict[str, Any] | None: ...
-    def after_training_exp(self, state: TrainState) -> dict[str, Any] | None: ...
-    def after_training(self, state: TrainState) -> dict[str, Any] | None: ...
-    def before_eval(self, state: TrainState) -> dict[str, Any] | None: ...
-    def before_eval_exp(self, state: TrainState) -> dict[str, Any] | None: ...
-    def after_eval_exp(self, state: TrainState) -> dict[str, Any] | None: ...
-    def after_eval(self, state: TrainState) -> dict[str, Any] | None: ...
+    def before_training(self, state: TrainState) -> dict[str, Any] | None:
+        """At the kernel's ``before_training`` event: ``{name: value}`` to log, or None."""
+
+    def before_training_exp(self, state: TrainState) -> dict[str, Any] | None:
+        """At the kernel's ``before_training_exp`` event: ``{name: value}`` to log, or None."""
+
+    def before_training_epoch(self, state: TrainState) -> dict[str, Any] | None:
+        """At the kernel's ``before_training_epoch`` event: ``{name: value}`` to log, or None."""
+
+    def after_training_iteration(self, state: TrainState) -> dict[str, Any] | None:
+        """At the kernel's ``after_training_iteration`` event: ``{name: value}`` to log, or None."""
+
+    def after_training_epoch(self, state: TrainState) -> dict[str, Any] | None:
+        """At the kernel's ``after_training_epoch`` event: ``{name: value}`` to log, or None."""
+
+    def after_training_exp(self, state: TrainState) -> dict[str, Any] | None:
+        """At the kernel's ``after_training_exp`` event: ``{name: value}`` to log, or None."""
+
+    def after_training(self, state: TrainState) -> dict[str, Any] | None:
+        """At the kernel's ``after_training`` event: ``{name: value}`` to log, or None."""
+
+    def before_eval(self, state: TrainState) -> dict[str, Any] | None:
+        """At the kernel's ``before_eval`` event: ``{name: value}`` to log, or None."""
+
+    def before_eval_exp(self, state: TrainState) -> dict[str, Any] | None:
+        """At the kernel's ``before_eval_exp`` event: ``{name: value}`` to log, or None."""
+
+    def after_eval_exp(self, state: TrainState) -> dict[str, Any] | None:
+        """At the kernel's ``after_eval_exp`` event: ``{name: value}`` to log, or None."""
+
+    def after_eval(self, state: TrainState) -> dict[str, Any] | None:
+        """At the kernel's ``after_eval`` event: ``{name: value}`` to log, or None."""
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to resume the family (plain Python values and tensors)."""

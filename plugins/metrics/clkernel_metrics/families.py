@@ -306,7 +306,11 @@ class ClassAccuracyMetrics(PluginMetric):
 class ConfusionMatrixMetrics(PluginMetric):
     """Confusion matrix in evaluation (``confusion_matrix_stream/eval/STREAM``): a 2-D int64 tensor whose
     ``[i, j]`` counts samples of class i predicted as j; ``num_classes`` fixes its size (else the model's
-    number of outputs)."""
+    number of outputs, or more when labels exceed it). ``experience=True`` adds
+    ``confusion_matrix_exp/eval/STREAM/expNNN`` per experience.
+
+    :raises ValueError: when ``num_classes`` is not None nor a positive integer, or neither granularity is chosen.
+    """
 
     uses_outputs = True
 

@@ -263,10 +263,12 @@ class AccuracyMatrix:
         return b
 
     def state_dict(self) -> dict[str, Any]:
+        """The entries as plain lists (``torch.save`` with ``weights_only`` loads them)."""
         return {"entries": [[i, j, v] for (i, j), v in self._entries.items()],
                 "initial": [[j, v] for j, v in self._initial.items()]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
         self._entries = {(int(i), int(j)): float(v) for i, j, v in state["entries"]}
         self._initial = {int(j): float(v) for j, v in state["initial"]}
 
@@ -353,6 +355,7 @@ class _MatrixMetric:
         self.matrix.reset()
 
     def result(self) -> float:
+        """The mean of :meth:`per_experience`; NaN when it is empty."""
         return _mean(self.per_experience().values())
 
     def per_experience(self) -> dict[int, float]:
@@ -364,6 +367,7 @@ class Forgetting(_MatrixMetric):
     gives ``f_j`` for each experience."""
 
     def per_experience(self) -> dict[int, float]:
+        """``f_j`` for each experience ``j`` before the last trained one."""
         return forgetting_per_experience(self.matrix.result())
 
 
@@ -371,6 +375,7 @@ class BackwardTransfer(_MatrixMetric):
     """Backward transfer, BWT (Lopez-Paz & Ranzato, 2017), after the last trained experience."""
 
     def per_experience(self) -> dict[int, float]:
+        """``R[k, j] - R[j, j]`` for each experience ``j`` before the last trained one ``k``."""
         return backward_transfer_per_experience(self.matrix.result())
 
 
@@ -379,6 +384,7 @@ class ForwardTransfer(_MatrixMetric):
     (``update(None, j, acc)``)."""
 
     def per_experience(self) -> dict[int, float]:
+        """``R[i-1, i] - b[i]`` for each experience ``i >= 1`` where both are known."""
         return forward_transfer_per_experience(self.matrix.result(), self.matrix.initial())
 
 
@@ -427,6 +433,7 @@ class CPUUsage(WallTime):
         return time.perf_counter(), time.process_time()
 
     def result(self) -> float:
+        """CPU seconds of the process over wall-clock seconds, in percent (0.0 for an empty period)."""
         end = self._end if self._end is not None else self._now()
         wall = end[0] - self._start[0]
         return 100.0 * (end[1] - self._start[1]) / wall if wall > 0 else 0.0
