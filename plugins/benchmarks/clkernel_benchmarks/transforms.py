@@ -6,6 +6,7 @@ tensor source calls it once per minibatch (and on ``x[None]`` for a single item)
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -13,8 +14,8 @@ import torch
 from clkernel import CLDataset
 from clkernel.validate import non_negative_int, positive_number
 
-__all__ = ["Chain", "Normalize", "PixelGather", "RandomCropFlip", "add_input_op", "chain", "input_shape", "permutation",
-           "rotation"]
+__all__ = ["ROTATION_GRID_BITS", "Chain", "Normalize", "PixelGather", "RandomCropFlip", "add_input_op", "chain",
+           "input_shape", "permutation", "rotation"]
 
 Transform = Callable[[Any], Any]
 
@@ -118,23 +119,53 @@ def permutation(sample_shape: Sequence[int], generator: torch.Generator) -> Pixe
     return PixelGather(perm, sample_shape, name="permutation")
 
 
+#: Source coordinates of :func:`rotation` are snapped to multiples of ``2 ** -ROTATION_GRID_BITS`` pixels before
+#: they are rounded to the nearest pixel.
+ROTATION_GRID_BITS = 30
+
+
+def _round_snapped(v: torch.Tensor) -> torch.Tensor:
+    """Nearest integers of float64 ``v``, after snapping it to multiples of ``2**-ROTATION_GRID_BITS``; an exact
+    half (after snapping) goes to the even neighbour. Integer arithmetic after the snap, so no float tie."""
+    one = 1 << ROTATION_GRID_BITS
+    q = torch.round(v * float(one)).to(torch.long)  # scaling by a power of two is exact
+    n = torch.div(q, one, rounding_mode="floor")
+    r = q - n * one  # in [0, one)
+    up = (r > one // 2) | ((r == one // 2) & (n % 2 == 1))
+    return n + up.to(torch.long)
+
+
 def rotation(sample_shape: Sequence[int], degrees: float) -> PixelGather:
     """A rotation by ``degrees`` (counter-clockwise, about the centre, nearest pixel, black fill).
 
-    The index map is torchvision's own nearest-neighbour rotation of an image of pixel numbers, so the result
-    equals ``torchvision.transforms.v2.functional.rotate(x, degrees)`` exactly, at the cost of one gather.
+    Definition (the geometry of ``torchvision.transforms.v2.functional.rotate`` with nearest interpolation):
+    output pixel ``(i, j)`` of an ``h x w`` image, at ``x = j - (w-1)/2``, ``y = i - (h-1)/2`` from the centre
+    (``y`` downwards), takes the input pixel nearest to the source point
+    ``(cos(a) x - sin(a) y + (w-1)/2, sin(a) x + cos(a) y + (h-1)/2)`` (column, row), or 0 when that pixel is
+    outside the image. ``cos`` and ``sin`` are exact (0, 1, -1) for multiples of 90 degrees, so those rotations are
+    ``torch.rot90`` of square images exactly.
+
+    Ties are fixed, not left to floating point: the source coordinates are computed in float64, snapped to
+    multiples of ``2**-30`` pixel (:data:`ROTATION_GRID_BITS`, far coarser than the float64 rounding error, far
+    finer than a pixel), and a snapped coordinate exactly halfway between two pixels goes to the even one. So the
+    index map is the same on every CPU, where torchvision's own rotation (float index arithmetic rounded on the
+    exact halves that e.g. 45 degrees produces) may differ from machine to machine in such tie pixels; away from
+    ties (farther than 2**-31 pixel) the two agree. One gather per minibatch.
     """
     if len(sample_shape) < 2:
         raise ValueError(f"rotation needs images shaped (C, H, W) or (H, W), got samples of shape "
                          f"{tuple(sample_shape)}")
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.v2 import functional as F
-
-    h, w = sample_shape[-2], sample_shape[-1]
-    numbers = torch.arange(1, h * w + 1, dtype=torch.float64).reshape(1, h, w)
-    rotated = F.rotate(numbers, float(degrees), interpolation=InterpolationMode.NEAREST, fill=0.0)
-    source = rotated.round().to(torch.long).flatten() - 1
-    return PixelGather(source.clamp(min=0), sample_shape, valid=source >= 0, name=f"rotation({degrees:g})")
+    h, w = int(sample_shape[-2]), int(sample_shape[-1])
+    turn = float(degrees) % 360.0
+    exact = {0.0: (1.0, 0.0), 90.0: (0.0, 1.0), 180.0: (-1.0, 0.0), 270.0: (0.0, -1.0)}
+    cos, sin = exact.get(turn) or (math.cos(math.radians(turn)), math.sin(math.radians(turn)))
+    x = (torch.arange(w, dtype=torch.float64) - (w - 1) / 2)[None, :]  # half-integers: exact in float64
+    y = (torch.arange(h, dtype=torch.float64) - (h - 1) / 2)[:, None]
+    col = _round_snapped(cos * x - sin * y + (w - 1) / 2)
+    row = _round_snapped(sin * x + cos * y + (h - 1) / 2)
+    valid = ((col >= 0) & (col < w) & (row >= 0) & (row < h)).flatten()
+    source = (row * w + col).flatten()
+    return PixelGather(torch.where(valid, source, 0), sample_shape, valid=valid, name=f"rotation({degrees:g})")
 
 
 class RandomCropFlip:

@@ -4,8 +4,14 @@ semantics.
 After each experience a frozen copy of the model is kept. On every later training minibatch the current
 model's outputs are distilled towards the frozen model's on the classes seen so far: the loss term is
 ``alpha * KL(softmax(old / T) || softmax(new / T))`` over those output units, averaged over the minibatch
-(``batchmean``), with no ``T^2`` factor. For models that take task labels, each past task is distilled on its
-own classes, over its own samples, and the per-task terms are summed.
+(``batchmean``), with no ``T^2`` factor.
+
+For models that take task labels (multi-head models, task-incremental learning), every past task is distilled
+on every sample of the minibatch, as in Li & Hoiem (2016) and Avalanche: for each past task label ``k``, both the
+frozen and the current model run on the whole minibatch ``x`` with task label ``k`` (so through head ``k``), the
+term is taken over the classes seen for task ``k``, averaged over the minibatch, and the per-task terms are
+summed. The samples' own task labels play no part: in task-incremental learning the current samples all belong to
+the new task, and it is through the old heads that they carry the old model's knowledge.
 """
 
 from __future__ import annotations
@@ -55,8 +61,8 @@ def _check_alpha(alpha: Any, who: str) -> float | list[float]:
 
 class LearningWithoutForgetting:
     """Learning without Forgetting (Li & Hoiem, 2016) outside any loop: ``update(model, data)`` after training on
-    ``data``; then ``penalty(x, output, t)`` is the distillation term for a minibatch ``x`` whose current output
-    is ``output``.
+    ``data``; then ``penalty(x, output, t, model=model)`` is the distillation term for a minibatch ``x`` whose
+    current output is ``output`` (``model``, the current model, is needed only by models that take task labels).
 
     :param alpha: weight of the term (>= 0): a number, or one number per experience (indexed by the number of
         experiences already seen; the first experience never has a term).
@@ -117,33 +123,41 @@ class LearningWithoutForgetting:
             self._union = torch.cat([c for _, c in self._units]).unique()
         return self._units, self._union
 
-    def penalty(self, x: Any, output: torch.Tensor, task_labels: torch.Tensor | None = None) -> torch.Tensor | None:
+    def penalty(self, x: Any, output: torch.Tensor, task_labels: torch.Tensor | None = None,
+                model: torch.nn.Module | None = None) -> torch.Tensor | None:
         """``alpha *`` the distillation term for minibatch ``x`` (current ``output``); None before any update.
 
-        A model with ``takes_task_labels`` is distilled task by task: the frozen model runs once per past task
-        with that task's label (so it never sees a task it has no head for), each sample counts for its own task.
-        The frozen model is called through :func:`clkernel.model_forward`.
+        A model with ``takes_task_labels`` is distilled head by head: for each past task ``k``, the frozen model
+        and the current ``model`` both run on all of ``x`` with task label ``k`` (the current one with gradients),
+        the term is taken over task ``k``'s past classes, and the per-task terms are summed (Avalanche's
+        semantics). ``output`` then only gives the batch size and device. The models are called through
+        :func:`clkernel.model_forward`.
 
         :param x: the minibatch's inputs, ``(B, *input_shape)``, on the model's device.
         :param output: the current model's logits for ``x``, float ``(B, C)``.
-        :param task_labels: int64 ``(B,)``; required for a model that takes task labels.
-        :returns: a scalar tensor, differentiable with respect to ``output``; None before any update.
-        :raises ValueError: when the model takes task labels and none are given.
+        :param task_labels: int64 ``(B,)``, the samples' task labels, handed to :func:`clkernel.model_forward`
+            for a model that does not take task labels (which then ignores them); not used for one that does.
+        :param model: the current model; required when the model takes task labels (it runs through each old
+            head).
+        :returns: a scalar tensor, differentiable with respect to ``output`` (or, for a model that takes task
+            labels, to ``model``'s parameters); None before any update.
+        :raises ValueError: when the model takes task labels and no ``model`` is given.
         """
         if self.prev_model is None:
             return None
         alpha = self.current_alpha()
         units, union = self._bind(output.device)
         if getattr(self.prev_model, "takes_task_labels", False):
-            if task_labels is None:
-                raise ValueError(f"{self.name}: the model takes task labels; pass task_labels to penalty()")
+            if model is None:
+                raise ValueError(f"{self.name}: the model takes task labels; pass the current model to penalty() "
+                                 f"(model=...), so that every sample goes through every old head")
             total = output.new_zeros(())
             for task, classes in units:
+                labels = torch.full((output.shape[0],), task, dtype=torch.long, device=output.device)
                 with torch.no_grad():
-                    old = model_forward(self.prev_model, x, torch.full_like(task_labels, task))
-                mine = (task_labels == task).to(output.dtype)
-                per_sample = distillation_loss(output, old, classes, self.temperature, reduction="none")
-                total = total + (per_sample * mine).sum() / mine.sum().clamp_min(1)
+                    old = model_forward(self.prev_model, x, labels)
+                new = model_forward(model, x, labels)
+                total = total + distillation_loss(new, old, classes, self.temperature)
             return alpha * total
         with torch.no_grad():
             old = model_forward(self.prev_model, x, task_labels)
@@ -206,7 +220,7 @@ class LwF:
 
     @clkernel.hookimpl
     def loss_terms(self, state: TrainState) -> torch.Tensor | None:
-        return self.lwf.penalty(state.mb_x, state.mb_output, state.mb_task)
+        return self.lwf.penalty(state.mb_x, state.mb_output, state.mb_task, model=state.model)
 
     @clkernel.hookimpl
     def after_training_exp(self, state: TrainState) -> None:

@@ -113,34 +113,128 @@ def test_lwf_keeps_the_old_model_s_predictions_among_old_classes(blobs):
     assert drift["lwf"] < 0.5 * drift["naive"], drift
 
 
-def test_task_aware_models_are_distilled_task_by_task(blobs):
-    class MultiHead(torch.nn.Module):
-        takes_task_labels = True
+class _TwoHeads(torch.nn.Module):
+    """A two-head model, written out so that a test can run any head by hand."""
 
-        def __init__(self):
-            super().__init__()
-            self.body = torch.nn.Linear(8, 16)
-            self.heads = torch.nn.ModuleList([torch.nn.Linear(16, 4) for _ in range(2)])
+    takes_task_labels = True
 
-        def forward(self, x, t):
-            h = torch.relu(self.body(x))
-            outs = torch.stack([head(h) for head in self.heads])  # (heads, batch, 4)
-            return outs[t.clamp(max=1), torch.arange(len(x))]
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Linear(8, 16)
+        self.heads = torch.nn.ModuleList([torch.nn.Linear(16, 4) for _ in range(2)])
 
+    def head_output(self, x, k):
+        return self.heads[k](torch.relu(self.body(x)))
+
+    def forward(self, x, t):
+        outs = torch.stack([self.head_output(x, k) for k in range(2)])  # (heads, batch, 4)
+        return outs[t.clamp(max=1), torch.arange(len(x))]
+
+
+def _kl_by_hand(new, old, units, T):
+    """KL(softmax(old/T) || softmax(new/T)) over ``units``, summed over units, averaged over samples."""
+    q = torch.softmax(old[:, units].double() / T, 1)
+    log_p = torch.log_softmax(new[:, units].double() / T, 1)
+    return float((q * (q.log() - log_p)).sum(1).mean().detach())
+
+
+def test_task_aware_models_distil_every_sample_through_every_old_head(blobs):
+    # Task-incremental: the minibatch holds only samples of the new task 1; the old head (task 0) is distilled on
+    # all of them (Li & Hoiem 2016; Avalanche), not only on samples labelled with task 0 (there are none).
     torch.manual_seed(0)
     bench = blobs.make_benchmark(num_exps=2, task_incremental=True)
-    model = MultiHead()
-    lwf = LearningWithoutForgetting(alpha=1.0)
+    model = _TwoHeads()
+    lwf = LearningWithoutForgetting(alpha=0.5, temperature=2.0)
     lwf.update(model, bench.train_stream[0])
+    first = copy.deepcopy(model)
     assert lwf.prev_classes == {0: [0, 1]}
-    x, y, t = bench.train_stream[0].dataset.concat(bench.train_stream[1].dataset).get_batch(torch.arange(0, 240, 6))
-    assert abs(float(lwf.penalty(x, model(x, t), t).detach())) < 1e-6
+    x, _, t = bench.train_stream[1].dataset.get_batch(torch.arange(0, 120, 4))
+    assert set(t.tolist()) == {1}
+    assert abs(float(lwf.penalty(x, model(x, t), t, model=model).detach())) < 1e-6
     with torch.no_grad():
-        model.heads[1].weight.add_(torch.randn(4, 16))  # the head of task 1 (no past classes) moves: no term
-    assert abs(float(lwf.penalty(x, model(x, t), t).detach())) < 1e-6
+        model.heads[1].weight.add_(torch.randn(4, 16))  # the new task's head moves: no term
+    assert abs(float(lwf.penalty(x, model(x, t), t, model=model).detach())) < 1e-6
     with torch.no_grad():
-        model.heads[0].weight.add_(torch.randn(4, 16))  # task 0's head moves: a term, from task-0 samples only
-    assert float(lwf.penalty(x, model(x, t), t).detach()) > 1e-3
+        model.body.weight.add_(0.5 * torch.randn(16, 8))  # the shared body moves: task 0's head output changes
+        model.heads[0].weight.add_(torch.randn(4, 16))
+    term = lwf.penalty(x, model(x, t), t, model=model)
+    expected = 0.5 * _kl_by_hand(model.head_output(x, 0).detach(), first.head_output(x, 0), [0, 1], 2.0)
+    assert expected > 1e-3
+    assert float(term.detach()) == pytest.approx(expected, rel=1e-4)
+    term.backward()  # differentiable through the current model's old head and body
+    assert model.heads[0].weight.grad is not None and model.body.weight.grad is not None
+    assert lwf.penalty(x, model(x, t), None, model=model) is not None  # the samples' task labels are not needed
+    with pytest.raises(ValueError, match="pass the current model"):
+        lwf.penalty(x, model(x, t), t)
+
+
+def test_task_aware_terms_of_all_old_tasks_are_summed(blobs):
+    torch.manual_seed(1)
+    bench = blobs.make_benchmark(num_exps=2, task_incremental=True)
+    model = _TwoHeads()
+    lwf = LearningWithoutForgetting(alpha=1.0, temperature=1.5)
+    lwf.update(model, bench.train_stream[0])
+    lwf.update(model, bench.train_stream[1])
+    first = copy.deepcopy(model)
+    assert lwf.prev_classes == {0: [0, 1], 1: [2, 3]}
+    x, _, t = bench.train_stream[0].dataset.concat(bench.train_stream[1].dataset).get_batch(torch.arange(0, 240, 8))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    expected = sum(_kl_by_hand(model.head_output(x, k), first.head_output(x, k), units, 1.5)
+                   for k, units in ((0, [0, 1]), (1, [2, 3])))
+    assert float(lwf.penalty(x, model(x, t), t, model=model).detach()) == pytest.approx(expected, rel=1e-4)
+
+
+def test_task_incremental_split_digits_with_a_multi_head_mlp_distils_at_every_iteration():
+    # The reported setup: task-incremental split-digits (task labels, class ids from zero in each experience),
+    # mt-simple-mlp, lwf. Each iteration of experience 1 records its term, its minibatch and the model; the term is
+    # recomputed by hand from the multi-head model's old head 0 (frozen copy vs current model).
+    benchmarks = pytest.importorskip("clkernel_benchmarks", reason="clkernel-benchmarks (plugins/benchmarks) is "
+                                     "not installed")
+    models = pytest.importorskip("clkernel_models", reason="clkernel-models (plugins/models) is not installed")
+    import clkernel
+
+    class Record:
+        name = "record"
+
+        def __init__(self):
+            self.first = None
+            self.steps = []  # (x, term, model) in experience 1, before the update
+
+        @clkernel.hookimpl
+        def before_backward(self, state):
+            if state.experience.index == 1:
+                self.steps.append((state.mb_x.clone(), float(state.loss_terms["lwf"].detach()),
+                                   copy.deepcopy(state.model)))
+
+        @clkernel.hookimpl
+        def after_training_exp(self, state):
+            if state.experience.index == 0:
+                self.first = copy.deepcopy(state.model)
+
+    bench = benchmarks.split_digits(n_experiences=5, seed=0, return_task_id=True,
+                                    class_ids_from_zero_in_each_exp=True)
+    exps = list(bench.train_stream)[:2]
+    assert [e.classes for e in exps] == [[0, 1], [0, 1]] and [list(e.task_labels) for e in exps] == [[0], [1]]
+    torch.manual_seed(0)
+    model = models.MTSimpleMLP(2, input_size=64, hidden_size=16, drop_rate=0.0)  # no dropout: exact recomputation
+    record, alpha, T = Record(), 0.7, 2.0
+    strategy = Strategy(model, torch.optim.SGD(model.parameters(), lr=0.1), plugins=[LwF(alpha, T), record],
+                        train_mb_size=64, train_epochs=1, device="cpu", generator=torch.Generator().manual_seed(0))
+    for exp in exps:
+        strategy.train(exp)
+    terms = [term for _, term, _ in record.steps]
+    assert len(terms) >= 4
+    assert terms[0] == pytest.approx(0.0, abs=1e-6)  # first step: the model is still the frozen one
+    assert all(term > 0 for term in terms[1:]), terms
+    for x, term, current in (record.steps[1], record.steps[-1]):
+        with torch.no_grad():
+            new = current.classifier.head(0)(current.backbone(x).flatten(1))
+            old = record.first.classifier.head(0)(record.first.backbone(x).flatten(1))
+        expected = alpha * _kl_by_hand(new, old, [0, 1], T)
+        assert expected > 0
+        assert term == pytest.approx(expected, rel=1e-4, abs=1e-9)
 
 
 def test_checkpoint_round_trip(blobs):
