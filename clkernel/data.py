@@ -3,9 +3,12 @@
 A CLDataset is a flat view over one or more *sources* (a torch ``Dataset`` or an in-memory tensor, each with its
 own transform groups). It keeps, per sample, the source and the index inside it: subset and concat only index
 or concatenate those flat index tensors, so reading a sample costs the same after any number of them, and the
-data itself is never copied. Data attributes (``targets``, ``task_labels`` and any other name) are tensors of
-one value per sample that follow every subset and concat. ``y`` and ``t`` are always read from the
-``targets`` and ``task_labels`` attributes, so relabelling a dataset is replacing an attribute.
+data itself is never copied. A view holds only the sources its samples use (subset drops the others), so a
+buffer keeping a few samples of each of many datasets keeps only those alive. Data attributes (``targets``,
+``task_labels`` and any other name) are tensors of one value per sample that follow every subset and concat;
+integer ones are int64, and ``targets`` and ``task_labels`` are checked to be ids (whole, non-negative). ``y``
+and ``t`` are always read from the ``targets`` and ``task_labels`` attributes, so relabelling a dataset is
+replacing an attribute.
 
 Transforms: for a torch ``Dataset`` source they apply to one sample (torchvision style). For a tensor source they
 are *batched*: they receive a whole minibatch ``x[idx]`` with its leading batch dimension, so an epoch over
@@ -52,12 +55,46 @@ class _Source:
         return transform(x) if transform is not None else x
 
 
-def _as_long(values: Any, name: str, n: int) -> torch.Tensor:
-    tensor = torch.as_tensor(values)
+_LABELS = ("targets", "task_labels")
+
+
+def _attribute(name: str, values: Any, n: int) -> torch.Tensor:
+    """``values`` as data attribute ``name`` of ``n`` samples; every value from outside goes through here.
+
+    One value (or row) per sample; a single value is repeated. Integers of any dtype become int64 (so sums,
+    ``bincount`` and ``y * C + p`` never overflow a narrow dtype); floats and bools of other attributes stay
+    as they are (weights, masks). ``targets`` and ``task_labels`` must be 1-D, whole (any int, uint or bool
+    dtype, or floats holding whole numbers) and non-negative; they always become int64.
+
+    :raises TypeError: when ``values`` are not numbers.
+    :raises ValueError: for the wrong number of values, or labels that are 2-D (one-hot), fractional (or not
+        finite) or negative. Every message names the attribute.
+    """
+    try:
+        tensor = torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"data attribute {name!r} must be numbers, one per sample, got {type(values).__name__}: "
+                        f"{error}") from None
     if tensor.dim() == 0:
-        return tensor.to(torch.long).expand(n).clone()
+        tensor = tensor.expand(n).clone()
     if tensor.shape[0] != n:
         raise ValueError(f"data attribute {name!r} has {tensor.shape[0]} values, expected one per sample ({n})")
+    if name not in _LABELS:
+        return tensor if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool \
+            else tensor.long()
+    if tensor.dim() != 1:
+        hint = "; one-hot labels? pass labels.argmax(1)" if tensor.dim() == 2 else ""
+        raise ValueError(f"data attribute {name!r} must be one integer id per sample (1-D), got shape "
+                         f"{tuple(tensor.shape)}{hint}")
+    if tensor.is_floating_point():
+        bad = (~torch.isfinite(tensor) | (tensor != tensor.trunc())).nonzero().flatten()
+        if len(bad):
+            raise ValueError(f"data attribute {name!r} must hold whole numbers (ids), got {tensor[bad[0]].item()} "
+                             f"at sample {int(bad[0])}")
+    tensor = tensor.long()
+    if int(tensor.min()) < 0:
+        at = int(tensor.argmin())
+        raise ValueError(f"data attribute {name!r} must hold ids 0, 1, 2, ..., got {int(tensor[at])} at sample {at}")
     return tensor
 
 
@@ -108,16 +145,16 @@ class CLDataset:
     ) -> CLDataset:
         """Wrap any map-style dataset whose items are ``x`` or ``(x, y, ...)``.
 
-        ``targets`` defaults to ``dataset.targets`` when present, else to the ``y`` of every item (read once).
+        ``targets`` defaults to the labels the items carry: ``dataset.targets`` (through the dataset's
+        ``target_transform`` when it has one) when it agrees with the items at the first, middle and last
+        positions, else the ``y`` of every item, read once.
         Transforms here apply to one sample, after any transform the wrapped dataset applies itself.
         """
         if isinstance(dataset, CLDataset):
             return dataset
         n = len(dataset)  # type: ignore[arg-type]
-        if targets is None:
-            targets = getattr(dataset, "targets", None)
-            if targets is None:
-                targets = [dataset[i][1] for i in range(n)]
+        if targets is None and n:
+            targets = _labels_of(dataset, n)
         return cls._build(_Source(dataset, {"train": transform, "eval": eval_transform}), n, targets, task_labels,
                           attributes)
 
@@ -125,9 +162,8 @@ class CLDataset:
     def _build(cls, source: _Source, n: int, y: Any, t: Any, attributes: Mapping[str, Any]) -> CLDataset:
         if n == 0:
             raise ValueError("a CLDataset needs at least one sample, got an empty dataset")
-        attrs = {"targets": _as_long(y, "targets", n), "task_labels": _as_long(t, "task_labels", n)}
-        attrs.update({name: _as_long(v, name, n) for name, v in attributes.items()})
-        return cls((source,), None, None, attrs)
+        named = {"targets": y, "task_labels": t, **attributes}
+        return cls((source,), None, None, {name: _attribute(name, v, n) for name, v in named.items()})
 
     # ----------------------------------------------------------------- reading
 
@@ -179,21 +215,30 @@ class CLDataset:
         if len(idx) == 0:
             raise ValueError("subset with no indices would give an empty dataset")
         index = idx if self._index is None else self._index[idx]
-        source_of = None if self._source_of is None else self._source_of[idx]
-        return evolve(self, source_of=source_of, index=index,
+        sources, source_of = self._sources, None if self._source_of is None else self._source_of[idx]
+        if source_of is not None:  # keep only the sources these samples use, renumbered in order
+            used = torch.bincount(source_of, minlength=len(sources)).nonzero().flatten()
+            if len(used) < len(sources):
+                sources = tuple(sources[k] for k in used.tolist())
+                renumber = torch.zeros(len(self._sources), dtype=torch.long)
+                renumber[used] = torch.arange(len(used))
+                source_of = None if len(used) == 1 else renumber[source_of]
+        return evolve(self, sources=sources, source_of=source_of, index=index,
                       attributes={k: v[idx] for k, v in self.attributes.items()})
 
     def concat(self, *others: CLDataset) -> CLDataset:
         """This dataset followed by ``others``; attributes present in all of them are kept."""
         datasets = [self, *(as_cl_dataset(o) for o in others)]
+        numbers_of: dict[int, int] = {}  # id(source) -> its number here; the datasets keep the sources alive
         sources: list[_Source] = []
         source_of, index = [], []
         for d in datasets:
             numbers = []
             for s in d._sources:
-                if not any(s is kept for kept in sources):
+                if id(s) not in numbers_of:
+                    numbers_of[id(s)] = len(sources)
                     sources.append(s)
-                numbers.append(next(k for k, kept in enumerate(sources) if kept is s))
+                numbers.append(numbers_of[id(s)])
             own = torch.zeros(len(d), dtype=torch.long) if d._source_of is None else d._source_of
             source_of.append(torch.tensor(numbers, dtype=torch.long)[own])
             index.append(torch.arange(len(d)) if d._index is None else d._index)
@@ -208,7 +253,7 @@ class CLDataset:
 
     def with_attribute(self, name: str, values: Any) -> CLDataset:
         """A view with data attribute ``name`` set (``targets`` relabels ``y``, ``task_labels`` sets ``t``)."""
-        return evolve(self, attributes={**self.attributes, name: _as_long(values, name, len(self))})
+        return evolve(self, attributes={**self.attributes, name: _attribute(name, values, len(self))})
 
     def with_transforms(self, transform: Transform | None = None, eval_transform: Transform | None = None,
                         ) -> CLDataset:
@@ -272,6 +317,35 @@ class CLDataset:
     def __repr__(self) -> str:
         return (f"CLDataset({len(self)} samples, classes={self.classes}, tasks={self.tasks}, "
                 f"group={self.group!r}, attributes={list(self.attributes)})")
+
+
+def _labels_of(dataset: Dataset, n: int) -> Any:
+    """The ``y`` of every item of ``dataset`` (items ``(x, y, ...)``), without reading every item when possible.
+
+    Fast path: ``dataset.targets`` (torchvision's attribute), mapped through ``dataset.target_transform`` when
+    the dataset has one (torchvision applies it to ``int(targets[i])`` in ``__getitem__``, so the same call is
+    made here, once per sample, at construction). It is checked against the items at three positions (first,
+    middle, last); when one differs, or there is no ``targets`` attribute, every item is read once. A dataset
+    whose labels differ from ``targets`` at other positions only should be given ``targets=`` explicitly.
+    """
+    fast = getattr(dataset, "targets", None)
+    if fast is not None:
+        transform = getattr(dataset, "target_transform", None)
+        if transform is not None:
+            fast = [transform(v) for v in (fast.tolist() if hasattr(fast, "tolist") else fast)]
+        if all(_same_label(dataset[i], fast[i]) for i in sorted({0, n // 2, n - 1})):
+            return fast
+    return [dataset[i][1] for i in range(n)]
+
+
+def _same_label(item: Any, label: Any) -> bool:
+    """Whether ``item``'s ``y`` equals ``label`` (True when the item carries no ``y`` to compare)."""
+    if not isinstance(item, (tuple, list)) or len(item) < 2:
+        return True
+    try:
+        return torch.as_tensor(item[1]).tolist() == torch.as_tensor(label).tolist()
+    except (TypeError, ValueError, RuntimeError):
+        return False
 
 
 def _chain(first: Transform | None, second: Transform | None) -> Transform | None:

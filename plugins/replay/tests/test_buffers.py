@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -124,6 +127,25 @@ def test_reservoir_is_a_uniform_sample_of_everything_seen(blobs):
         counts += torch.bincount(buf.buffer.targets, minlength=10)
     share = counts / counts.sum()
     assert torch.all((share - 0.1).abs() < 0.03), share  # the first class is not favoured over the last
+
+
+def test_reservoir_fed_fresh_datasets_keeps_only_the_sources_of_its_samples_alive():
+    """100 updates with 3-sample datasets over fresh tensors: the others are freed, the buffer reads the rest."""
+    g = torch.Generator().manual_seed(0)
+    buf = ReservoirSamplingBuffer(5, seed=0)
+    alive = []
+    for k in range(100):
+        x = torch.randn(3, 4, generator=g)
+        alive.append(weakref.ref(x))
+        buf.update(CLDataset.from_tensors(x, [0, 1, 2], part=k, row=torch.arange(3)))
+        del x
+    gc.collect()
+    live = {k for k, ref in enumerate(alive) if ref() is not None}
+    view = buf.buffer
+    assert len(view) == 5 and len(live) <= 5
+    assert live == set(view.part.tolist())  # exactly the datasets the buffer's samples come from
+    expected = torch.stack([alive[k]()[r] for k, r in zip(view.part.tolist(), view.row.tolist())])
+    assert torch.equal(view.get_batch(torch.arange(5))[0], expected)
 
 
 def herding_reference(features: torch.Tensor, k: int) -> list[int]:
