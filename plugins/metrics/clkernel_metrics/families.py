@@ -51,6 +51,21 @@ def _exp_index(state: TrainState) -> int:
     return state.experience.index if state.experience is not None else 0
 
 
+def _origin(state: TrainState) -> tuple[int, bool]:
+    """``(origin experience index, whether this experience ends its origin)`` of ``state.experience``.
+
+    A mini-experience of an online stream (``clkernel_benchmarks.OnlineExperience``, read through its public
+    ``origin_index`` and ``is_last_subexp``) belongs to the experience of the original stream it was cut from, and
+    ends it when it is its last mini-experience; any other experience is its own origin and ends it.
+    """
+    exp = state.experience
+    if exp is None:
+        return 0, True
+    origin = getattr(exp, "origin_index", None)
+    last = getattr(exp, "is_last_subexp", None)
+    return (exp.index if origin is None else int(origin)), (True if last is None else bool(last))
+
+
 # ---------------------------------------------------------------------------------------------- means
 
 
@@ -375,6 +390,16 @@ class AccuracyMatrixMetrics(PluginMetric):
     Experience j of the evaluated stream is assumed to be the one trained as training experience j (as in every
     benchmark whose train and test streams are split the same way).
 
+    Online streams (``clkernel_benchmarks.online_benchmark``): rows and columns are *origin* experiences, the
+    experiences of the original stream, never mini-experiences. ``R[i, j]`` is recorded at the ``eval()`` that
+    follows the last mini-experience of origin experience ``i`` (``is_last_subexp``); an ``eval()`` after any
+    other mini-experience makes no row (nor ``b``) and emits nothing, like a periodic evaluation inside an
+    experience. An evaluated stream that is itself split into mini-experiences is pooled by origin experience:
+    ``R[i, j]`` is the accuracy over every sample of origin experience ``j``. Forgetting and BWT are then the
+    textbook ones over origin experiences: with ``k`` the last origin experience trained to its end,
+    ``f_j = max_{l<k} R[l, j] - R[k, j]`` and ``BWT = mean_{j<k} R[k, j] - R[j, j]``, over ``j < k`` only (the
+    experience being trained is not forgotten).
+
     :raises ValueError: when no value is chosen, or forgetting / BWT / FWT with neither ``experience`` nor
         ``stream``.
     """
@@ -390,7 +415,8 @@ class AccuracyMatrixMetrics(PluginMetric):
         self.experience, self.stream = experience, stream
         self.needs_initial_eval = fwt
         self.matrices: dict[str, AccuracyMatrix] = {}
-        self._trained: int | None = None
+        self._trained: int | None = None  # the last origin experience trained to its end
+        self._complete = True  # False after a mini-experience that is not the last of its origin experience
         self._in_experience = False
         self._current = Mean()
         self._pending: list[tuple[int, torch.Tensor, int]] = []
@@ -405,7 +431,9 @@ class AccuracyMatrixMetrics(PluginMetric):
 
     def after_training_exp(self, state: TrainState) -> None:
         self._in_experience = False
-        self._trained = _exp_index(state)
+        origin, self._complete = _origin(state)
+        if self._complete:
+            self._trained = origin
 
     def before_eval(self, state: TrainState) -> None:
         self._pending = []
@@ -415,19 +443,23 @@ class AccuracyMatrixMetrics(PluginMetric):
 
     def after_eval_exp(self, state: TrainState) -> None:
         if self._current.count:
-            self._pending.append((_exp_index(state), _as_tensor(self._current.total), self._current.count))
+            self._pending.append((_origin(state)[0], _as_tensor(self._current.total), self._current.count))
 
     def after_eval(self, state: TrainState) -> dict[str, Any] | None:
-        if self._in_experience or not self._pending:
-            return None  # a periodic evaluation inside a training experience: not a row of R
+        if self._in_experience or not self._complete or not self._pending:
+            return None  # inside a training experience, or inside an origin experience of an online stream
         pending, trained, stream = self._pending, self._trained, state.stream_name
         self._pending = []
         tensor = torch.stack([t.reshape(()).to(torch.float64) for _, t, _ in pending])
 
         def record(values: torch.Tensor) -> dict[str, Any]:
             acc = self.matrices.setdefault(stream, AccuracyMatrix())
-            for (j, _, n), v in zip(pending, values.tolist()):
-                acc.update(trained, j, v / n)
+            right: dict[int, float] = {}
+            seen: dict[int, int] = {}
+            for (j, _, n), v in zip(pending, values.tolist()):  # mini-experiences pool into their origin
+                right[j], seen[j] = right.get(j, 0.0) + v, seen.get(j, 0) + n
+            for j in right:
+                acc.update(trained, j, right[j] / seen[j])
             if trained is None:  # the evaluation before training: b
                 wanted = self.matrix or self.fwt
                 return {metric_name(INITIAL_ACCURACY, "stream", "eval", stream): acc.initial()} if wanted else {}
@@ -462,7 +494,7 @@ class AccuracyMatrixMetrics(PluginMetric):
 
     def state_dict(self) -> dict[str, Any]:
         return {"matrices": {k: m.state_dict() for k, m in self.matrices.items()},
-                "trained": -1 if self._trained is None else self._trained}
+                "trained": -1 if self._trained is None else self._trained, "complete": self._complete}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.matrices = {}
@@ -470,6 +502,7 @@ class AccuracyMatrixMetrics(PluginMetric):
             self.matrices[k] = AccuracyMatrix()
             self.matrices[k].load_state_dict(s)
         self._trained = None if state["trained"] < 0 else int(state["trained"])
+        self._complete = bool(state.get("complete", True))  # absent from older checkpoints
 
 
 # ---------------------------------------------------------------------------------------------- resources
