@@ -107,7 +107,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 RUN_KEYS = {"benchmark": None, "model": None, "plugin": [], "metric": [], "logger": [], "optimizer": "sgd",
             "lr": 0.01, "momentum": 0.9, "epochs": 1, "mb_size": 32, "eval_mb_size": 256, "seed": 0,
-            "device": None, "output": None, "data_root": None}
+            "device": None, "output": None, "data_root": None, "on_nonfinite": "raise"}
 
 
 CONFIG_ALIASES = {"plugins": "plugin", "metrics": "metric", "loggers": "logger"}
@@ -145,6 +145,8 @@ def _resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--lr must be a positive number, got {config['lr']!r}")
     if config["optimizer"] not in ("sgd", "adam"):
         raise UsageError(f"--optimizer must be sgd or adam, got {config['optimizer']!r}")
+    if config["on_nonfinite"] not in ("raise", "warn"):
+        raise UsageError(f"--on-nonfinite must be raise or warn, got {config['on_nonfinite']!r}")
     return config
 
 
@@ -201,7 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     import clkernel
-    from clkernel.loop import Strategy, run
+    from clkernel.loop import NonFiniteLossError, Strategy, run
 
     config = _resolve_config(args)
     config["benchmark"] = _default("benchmark", config["benchmark"])
@@ -233,10 +235,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
     strategy = Strategy(model, optimizer, torch.nn.CrossEntropyLoss(), plugins=[*plugins, *metrics, *loggers],
                         train_mb_size=config["mb_size"], train_epochs=config["epochs"],
-                        eval_mb_size=config["eval_mb_size"], device=device, eval_every=0)
+                        eval_mb_size=config["eval_mb_size"], device=device, eval_every=0,
+                        on_nonfinite=config["on_nonfinite"])
     log.info("run_start", kernel=clkernel.__version__, components=used, seed=config["seed"], device=str(device),
              run_dir=str(run_dir))
-    results = run(strategy, benchmark, eval_streams=("test",))
+    try:
+        results = run(strategy, benchmark, eval_streams=("test",))
+    except NonFiniteLossError as e:  # diverged: the message says where and what; a traceback would add nothing
+        log.error("run_failed", error=str(e))
+        return 1
     files = strategy.close()
     summary = {k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v) for k, v in results.items()
                if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)}
@@ -277,6 +284,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--output", help="run folder (default: runs/<time>-<benchmark>)")
     p.add_argument("--data-root", dest="data_root", help="dataset folder (default: $CLKERNEL_DATA or a cache)")
+    p.add_argument("--on-nonfinite", dest="on_nonfinite", choices=("raise", "warn"),
+                   help="a nan or inf training loss: raise (default) stops the run with exit code 1, naming the "
+                        "experience, epoch, iteration and part of the loss; warn logs it and trains on")
     return parser
 
 

@@ -3,13 +3,16 @@
 Each entry point of the group ``clkernel.plugins`` names a module implementing the registration hooks of
 :class:`clkernel.hookspecs.RegistrationHooks`. Every entry point is loaded and registered on its own: one that
 raises is recorded (with its distribution, version and error) and skipped, never taking the others down.
+``CLKERNEL_DISABLE_PLUGINS`` (comma-separated entry-point or distribution names) skips entry points unloaded.
 """
 
 from __future__ import annotations
 
 import ast
+import difflib
 import inspect
 import os
+import re
 import types
 import typing
 from typing import Any, Callable
@@ -21,7 +24,7 @@ from attrs import define, field, frozen
 
 from clkernel.hookspecs import PROJECT, RegistrationHooks
 
-__all__ = ["ENTRY_POINT_GROUP", "KINDS", "Component", "PluginSource", "Registry", "RegistryError", "available",
+__all__ = ["ENTRY_POINT_GROUP", "FIRST_PARTY", "KINDS", "Component", "PluginSource", "Registry", "RegistryError", "available",
            "load", "parse_options", "registry", "reset_registry"]
 
 ENTRY_POINT_GROUP = "clkernel.plugins"
@@ -29,6 +32,20 @@ ENTRY_POINT_GROUP = "clkernel.plugins"
 KINDS = {"benchmark": "register_benchmarks", "model": "register_models", "plugin": "register_plugins",
          "metric": "register_metrics", "logger": "register_loggers"}
 DISABLE_VARIABLE = "CLKERNEL_DISABLE_PLUGINS"
+#: The first-party distributions and the names they register, by kind: an unknown name that one of them provides
+#: is answered with its distribution, installed or not. tests/test_discovery.py keeps it in step.
+FIRST_PARTY = {
+    "benchmark": {"clkernel-benchmarks": "split-digits split-mnist permuted-mnist rotated-mnist split-fmnist "
+                                         "split-cifar10 split-cifar100 split-tinyimagenet core50"},
+    "model": {"clkernel-models": "simple-mlp simple-cnn slim-resnet18 mt-simple-mlp mt-simple-cnn",
+              "clkernel-pnn": "pnn"},
+    "plugin": {"clkernel-replay": "replay gdumb cumulative joint", "clkernel-ewc": "ewc", "clkernel-lwf": "lwf"},
+    "metric": {"clkernel-metrics": "default accuracy loss top-k class-accuracy confusion-matrix accuracy-matrix "
+                                   "forgetting bwt fwt cl timing cpu ram gpu disk"},
+    "logger": {"clkernel-loggers": "interactive report text csv jsonl tensorboard"},
+}
+_PROVIDERS = {(kind, name): dist for kind, dists in FIRST_PARTY.items() for dist, names in dists.items()
+              for name in names.split()}
 
 log = get_logger("clkernel")
 
@@ -44,7 +61,9 @@ class PluginSource:
     entry_point: str
     distribution: str = ""
     version: str = ""
-    status: str = "ok"  # "ok", "error" or "disabled"
+    #: "ok"; "error"; "disabled"; "clash": loaded, but some of its names are also registered by another source,
+    #: which makes them unusable (its other names work) until one source is disabled (see ``clashes``).
+    status: str = "ok"
     error: str | None = None
     components: dict[str, list[str]] = field(factory=dict)
     clashes: list[str] = field(factory=list)
@@ -81,8 +100,8 @@ class Registry:
     @classmethod
     def from_entry_points(cls, group: str = ENTRY_POINT_GROUP) -> Registry:
         reg = cls()
-        disabled = {n.strip() for n in os.environ.get(DISABLE_VARIABLE, "").split(",") if n.strip()}
-        seen = set()
+        disabled = {_normal(n): n.strip() for n in os.environ.get(DISABLE_VARIABLE, "").split(",") if n.strip()}
+        seen, known = set(), set()
         for ep in importlib_metadata.entry_points(group=group):
             dist = ep.dist
             key = (ep.name, ep.value, dist.name if dist else "")
@@ -90,7 +109,8 @@ class Registry:
                 continue
             seen.add(key)
             source = PluginSource(ep.name, dist.name if dist else "", dist.version if dist else "")
-            if ep.name in disabled:
+            known |= {ep.name, source.distribution} - {""}
+            if {_normal(ep.name), _normal(source.distribution)} & disabled.keys():
                 source.status = "disabled"
                 reg.sources.append(source)
                 continue
@@ -100,6 +120,9 @@ class Registry:
                 reg._fail(source, f"import of {ep.value!r} failed: {type(e).__name__}: {e}")
                 continue
             reg.add_module(module, source)
+        for value in sorted(disabled.keys() - {_normal(n) for n in known}):
+            log.warning("unknown_disabled_plugin", variable=DISABLE_VARIABLE, value=disabled[value],
+                        known=sorted(known, key=str.lower))
         return reg
 
     def _fail(self, source: PluginSource, message: str) -> None:
@@ -132,9 +155,13 @@ class Registry:
                 holders = self._clashes.setdefault(key, [self._components.pop(key).source] if key in
                                                    self._components else [])
                 holders.append(source)
+                what = f"{comp.kind} {comp.name!r} is also registered by "
                 for holder in holders:
-                    others = [h.label() for h in holders if h is not holder]
-                    holder.clashes.append(f"{comp.kind} {comp.name!r} is also registered by {', '.join(others)}")
+                    others = ", ".join(h.label() for h in holders if h is not holder)
+                    holder.status = "clash"
+                    holder.clashes = [c for c in holder.clashes if not c.startswith(what)] + [
+                        f"{what}{others}; set {DISABLE_VARIABLE}={_disable_value(holder, holders)} to disable "
+                        f"this one"]
             else:
                 self._components[key] = comp
         return source
@@ -154,18 +181,45 @@ class Registry:
 
     def get(self, kind: str, name: str) -> Component:
         self._check_kind(kind)
+        if not isinstance(name, str):
+            raise RegistryError(f"{kind} name must be a string, got {name!r}")
         if (kind, name) in self._clashes:
-            holders = " and ".join(h.label() for h in self._clashes[kind, name])
-            raise RegistryError(f"{kind} {name!r} is registered by two distributions, {holders}: uninstall one "
-                                f"or disable its entry point with {DISABLE_VARIABLE}")
+            holders = self._clashes[kind, name]
+            values = " or ".join(f"{DISABLE_VARIABLE}={_disable_value(h, holders)}" for h in holders)
+            raise RegistryError(f"{kind} {name!r} is registered by {' and '.join(h.label() for h in holders)}: "
+                                f"uninstall one, or set {values} to disable one")
         if (kind, name) not in self._components:
-            names = self.available(kind)
+            listing = f"installed {kind}s: {', '.join(self.available(kind)) or '(none)'}"
+            if not name.strip():
+                raise RegistryError(f"empty {kind} name; {listing}")
             broken = [s.label() for s in self.sources if s.status == "error"]
-            raise RegistryError(
-                f"unknown {kind} {name!r}; installed {kind}s: {', '.join(names) or '(none)'}"
-                + (f". Broken plugins (see `clkernel plugins`): {', '.join(broken)}" if broken else "")
-                + f". Install the distribution that provides it (for example clkernel-{kind}s).")
+            raise RegistryError("; ".join([f"unknown {kind} {name!r}", listing, *self._hint(kind, name)]
+                                          + [f"broken plugins (see `clkernel plugins`): {', '.join(broken)}"]
+                                          * bool(broken)))
         return self._components[kind, name]
+
+    def _hint(self, kind: str, name: str) -> list[str]:
+        """Who provides an unknown ``name`` if a first-party distribution does, else the closest installed or
+        first-party name (case-insensitive)."""
+        if (kind, name) in _PROVIDERS:
+            return [self._provided_by(kind, name)]
+        names = {n.lower(): n for n in [*(n for k, n in _PROVIDERS if k == kind), *self.available(kind)]}
+        close = [names[n] for n in difflib.get_close_matches(name.lower(), names, n=1)]
+        if not close or (kind, close[0]) in self._components:
+            return [f"did you mean {n!r}?" for n in close]
+        return [f"did you mean {close[0]!r}?", self._provided_by(kind, close[0])]
+
+    def _provided_by(self, kind: str, name: str) -> str:
+        dist = _PROVIDERS[kind, name]
+        source = next((s for s in self.sources if _normal(s.distribution) == _normal(dist)), None)
+        what = f"{name!r} is provided by {dist}"
+        if source is None:
+            return f"{what}: pip install {dist}"
+        if source.status == "disabled":
+            return f"{what}, which {DISABLE_VARIABLE} disables"
+        if source.status == "error":
+            return f"{what}, which failed to load (see `clkernel plugins`)"
+        return f"{what}, but the installed {source.label()} does not register it: pip install -U {dist}"
 
     def load(self, kind: str, name: str, **options: Any) -> Any:
         """Build component ``name`` of ``kind`` with ``options``."""
@@ -190,6 +244,18 @@ def _register_into(staged: list[Component], kind: str, source: PluginSource) -> 
         staged.append(Component(kind, name, factory, summary or doc.split("\n\n")[0], default, source))
 
     return register
+
+
+def _normal(name: str) -> str:
+    """A distribution or entry-point name for comparison: case-insensitive, runs of '-', '_', '.' alike."""
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
+def _disable_value(source: PluginSource, holders: list[PluginSource]) -> str:
+    """What to add to CLKERNEL_DISABLE_PLUGINS to disable ``source`` alone among ``holders``: its distribution,
+    or its entry point if another holder shares the distribution."""
+    shared = any(_normal(h.distribution) == _normal(source.distribution) for h in holders if h is not source)
+    return source.entry_point if shared or not source.distribution else source.distribution
 
 
 def _signature(factory: Callable[..., Any]) -> inspect.Signature:
@@ -258,18 +324,21 @@ def parse_options(kind: str, spec: str) -> tuple[str, dict[str, Any]]:
     """``"name:key=value,key=value"`` -> (name, options typed after the factory's signature)."""
     name, _, rest = spec.partition(":")
     comp = registry().get(kind, name.strip())
-    params = comp.options()
+    params, where = comp.options(), f"{kind} {comp.name!r}"
+    any_key = any(p.kind == p.VAR_KEYWORD for p in _signature(comp.factory).parameters.values())
     options: dict[str, Any] = {}
     for item in _split_top_level(rest):
         key, eq, text = item.partition("=")
         key = key.strip()
         if not eq:
-            raise RegistryError(f"{kind} {name!r}: option {item!r} is not of the form key=value")
-        if key not in params and not any(p.kind == p.VAR_KEYWORD for p in
-                                         _signature(comp.factory).parameters.values()):
-            raise RegistryError(f"{kind} {name!r} has no option {key!r}; its options: "
-                                f"{', '.join(params) or '(none)'}")
-        options[key] = _convert(text.strip(), params.get(key), f"{kind} {name!r}")
+            raise RegistryError(f"{where}: option {item.strip()!r} is not of the form key=value")
+        if key in options:
+            raise RegistryError(f"{where}: option {key!r} is given twice")
+        if key not in params and not any_key:
+            close = difflib.get_close_matches(key, params, n=1)
+            raise RegistryError(f"{where} has no option {key!r}; its options: {', '.join(params) or '(none)'}"
+                                + (f"; did you mean {close[0]!r}?" if close else ""))
+        options[key] = _convert(text.strip(), params.get(key), where)
     return comp.name, options
 
 

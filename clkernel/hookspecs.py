@@ -19,8 +19,7 @@ The loop, with every event where it fires (``S`` is the strategy's one :class:`~
             after_train_dataset_adaptation(S)                 # plugins may replace S.dataset
             S.dataloader = loader over S.dataset              # one shuffled epoch per iteration over it
             <model adaptation, then optimizer update>         # dynamic modules grow here
-            for S.epoch in range(train_epochs):
-                model.train()
+            for S.epoch in range(train_epochs):               # modules keep their modes: no model.train() here
                 before_training_epoch(S)                      # plugins may replace S.dataloader
                 S.epoch_iteration = 0
                 for S.mb in S.dataloader:                     # (x, y, t), moved to S.device
@@ -31,6 +30,7 @@ The loop, with every event where it fires (``S`` is the strategy's one :class:`~
                     after_forward(S)
                     S.loss_terms = {plugin: term for every non-None term of loss_terms(S)}
                     S.loss = criterion(S.mb_output, S.mb_y) + sum(S.loss_terms.values())
+                    <on CPU: NonFiniteLossError if S.loss is nan or inf>  # or a warning: on_nonfinite
                     before_backward(S)
                     S.loss.backward()
                     after_backward(S)
@@ -39,6 +39,7 @@ The loop, with every event where it fires (``S`` is the strategy's one :class:`~
                     after_update(S)
                     S.iteration += 1; S.epoch_iteration += 1
                     after_training_iteration(S)
+                <off CPU: that check, for the epoch's iterations>  # also every 1024 iterations
                 after_training_epoch(S)                       # per epoch
                 if eval_every > 0 and (S.epoch + 1) % eval_every == 0 and not the last epoch:
                     strategy.eval(stream) for stream in S.eval_streams
@@ -69,7 +70,7 @@ The loop, with every event where it fires (``S`` is the strategy's one :class:`~
                 after_eval_iteration(S)
             after_eval_exp(S)
         after_eval(S)
-        restore what was saved, S.is_training and the model's mode; inside train(), merge the metrics
+        restore what was saved, S.is_training and each module's mode; inside train(), merge the metrics
         return the metrics logged during this call
 
     strategy.close() (clkernel.run and `with strategy:` call it, also on error):
@@ -94,7 +95,7 @@ they always wrap, ``plugin_manager.add_hookcall_monitoring`` does not see them, 
 :class:`~clkernel.CompositionError`. An error is wrapped once: a logger failing inside ``state.log_metrics`` is
 reported as itself in :func:`log_metrics`, not as the plugin that logged. ``clkernel.run`` and
 ``with strategy:`` close the strategy after a failure too, so :func:`after_run` fires; a failed ``eval()``
-restores the fields it saved and the model's mode before the error propagates.
+restores the fields it saved and each module's mode before the error propagates.
 
 Every docstring below follows one template: a one-line summary; ``:param:`` lines; then ``State:`` (what the
 state holds when the event fires), ``May set:`` (what a plugin may change, or "Nothing to set"), ``Returns:``
@@ -262,7 +263,8 @@ class TrainingEvents:
             experiences trained before this one. The model is in train mode, not yet adapted to the experience.
             ``state.dataset`` and ``state.dataloader`` are still the previous experience's (None at first).
         May set:
-            Nothing to set.
+            Nothing to set. A module set to eval mode here (a frozen ``BatchNorm``) stays so for the whole
+            experience: the loop sets no mode again, and its evaluations restore each module's own mode.
         Returns:
             Ignored.
         Raises:
@@ -331,7 +333,8 @@ class TrainingEvents:
             ``state.epoch`` is the epoch's index within the experience, from 0. ``state.dataloader`` is the
             loader over ``state.dataset`` (each iteration over it is one shuffled epoch of ``(x, y, t)``
             minibatches of at most ``state.train_mb_size`` samples), or what a plugin put there at an earlier
-            epoch of this experience. The model is adapted to ``state.experience`` and in train mode.
+            epoch of this experience. The model is adapted to ``state.experience`` and in train mode, except the
+            modules a plugin or an adaptation set to eval mode since :func:`before_training_exp`.
             ``state.epoch_iteration`` is reset to 0 right after this event.
         May set:
             ``state.dataloader``, to any iterable of ``(x, y, t)`` minibatches: the loop iterates it once for
@@ -354,8 +357,8 @@ class TrainingEvents:
 
         State:
             ``state.mb`` is the minibatch ``(x, y, t)`` on ``state.device``: ``x`` of shape
-            ``(B, *input_shape)``, ``y`` the ``(B,)`` class ids and ``t`` the ``(B,)`` task labels (int64 for
-            datasets built from Python ints or int64 tensors), with B at most ``state.train_mb_size``;
+            ``(B, *input_shape)``, ``y`` the ``(B,)`` int64 class ids and ``t`` the ``(B,)`` int64 task labels
+            (a CLDataset stores both as int64 whatever it was given), with B at most ``state.train_mb_size``;
             ``state.mb_x``, ``state.mb_y`` and ``state.mb_task`` are its parts. ``state.iteration`` counts the
             training iterations before this one, ``state.epoch_iteration`` those of this epoch.
             ``state.mb_output``, ``state.loss`` and the gradients are still the previous iteration's.
@@ -622,7 +625,7 @@ class TrainingEvents:
             ``state.dataloader`` still hold what was there before (inside ``train()``: the training
             experience's). ``eval()`` saves ``state.experience``, ``stream_name``, ``dataset``, ``dataloader``,
             ``mb``, ``mb_output``, ``epoch_iteration`` and ``metrics`` now and restores them after
-            :func:`after_eval`, with ``is_training`` and the model's mode; inside ``train()`` the metrics it
+            :func:`after_eval`, with ``is_training`` and each module's mode; inside ``train()`` the metrics it
             logged are merged into the training call's. ``state.loss``, ``loss_terms``, ``epoch``,
             ``iteration`` and ``stop_training`` are neither changed nor restored.
         May set:

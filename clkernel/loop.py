@@ -6,6 +6,7 @@ events go through callables built once per ``train()`` / ``eval()`` call; an eve
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -14,14 +15,30 @@ import torch
 
 from clkernel.data import iterate_minibatches
 from clkernel.dispatch import Dispatcher, PluginError, compose
-from clkernel.modules import adapt_model, model_forward
+from clkernel.modules import adapt_model, eval_mode, model_forward
 from clkernel.state import TrainState
 from clkernel.types import Benchmark, Experience, Stream, as_experiences
 from clkernel.validate import positive_int
 
-__all__ = ["Naive", "Strategy", "run"]
+__all__ = ["NONFINITE_CHECK_EVERY", "Naive", "NonFiniteLossError", "Strategy", "run"]
 
 log = get_logger("clkernel")
+
+#: Training iterations between two checks that the loss is finite, by device type (``"default"``: the others),
+#: and at each epoch's end. A check waits for the device; on CPU that costs nothing, so the loss is checked at once.
+NONFINITE_CHECK_EVERY = {"cpu": 1, "default": 1024}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss was not finite (nan or inf): training diverged (learning rate, momentum), or the data or
+    a plugin's loss term is broken. ``.experience`` (its index), ``.epoch`` and ``.iteration`` (within the epoch)
+    locate the first such minibatch; ``.part`` names what was not finite (``"criterion"``, a plugin's name for
+    its loss term, or ``"sum"`` when every part was finite but their sum was not) and ``.value`` is its value."""
+
+    def __init__(self, message: str, *, experience: int, epoch: int, iteration: int, part: str,
+                 value: float) -> None:
+        super().__init__(message)
+        self.experience, self.epoch, self.iteration, self.part, self.value = experience, epoch, iteration, part, value
 
 
 class Strategy:
@@ -40,7 +57,15 @@ class Strategy:
     :param generator: the ``torch.Generator`` that shuffles training minibatches (default: torch's global one).
     :param trace: dispatch every event through pluggy's hook calls, so that
         ``strategy.plugin_manager.add_hookcall_monitoring`` sees them (slower).
-    :raises ValueError: for a size or epoch count that is not a positive integer, or ``eval_every < -1``.
+    :param on_nonfinite: what a training loss that is nan or inf does: ``"raise"`` (the default) ends
+        ``train()`` with :class:`NonFiniteLossError`, naming the experience, epoch and iteration of the first such
+        minibatch and the part of the loss (the criterion's, or which plugin's loss term) that was not finite;
+        ``"warn"`` logs that as a ``nonfinite_loss`` warning, once per epoch, and trains on. On CPU the loss is
+        checked at every iteration, before ``loss.backward()``; on other devices, so as not to wait for the
+        device at every minibatch, every 1024 iterations (:data:`NONFINITE_CHECK_EVERY`) and at each epoch's end,
+        before :func:`after_training_epoch`: the iterations after the first non-finite one run until then.
+    :raises ValueError: for a size or epoch count that is not a positive integer, ``eval_every < -1``, or an
+        ``on_nonfinite`` other than ``"raise"`` or ``"warn"``.
     :raises TypeError: when ``model`` is not a module.
     :raises CompositionError: when a plugin cannot be composed (see :func:`clkernel.dispatch.compose`).
 
@@ -62,6 +87,7 @@ class Strategy:
         eval_every: int = 0,
         generator: torch.Generator | None = None,
         trace: bool = False,
+        on_nonfinite: str = "raise",
     ) -> None:
         positive_int(train_mb_size, "train_mb_size", "Strategy")
         positive_int(train_epochs, "train_epochs", "Strategy")
@@ -69,6 +95,8 @@ class Strategy:
                                     "Strategy")
         if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < -1:
             raise ValueError(f"Strategy: eval_every must be an integer >= -1, got {eval_every!r}")
+        if on_nonfinite not in ("raise", "warn"):
+            raise ValueError(f"Strategy: on_nonfinite must be 'raise' or 'warn', got {on_nonfinite!r}")
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -78,6 +106,9 @@ class Strategy:
         self.plugins = list(plugins)
         self.eval_every = eval_every
         self.generator = generator
+        self.on_nonfinite = on_nonfinite
+        self._check_every = NONFINITE_CHECK_EVERY.get(device.type, NONFINITE_CHECK_EVERY["default"])
+        self._warned: tuple[int, int] | None = None  # (experiences_trained, epoch) of the last nonfinite_loss warning
         self.plugin_manager = compose(self.plugins)
         self.dispatcher = Dispatcher(self.plugin_manager, rank=rank, trace=trace)
         self.state = TrainState(
@@ -181,8 +212,7 @@ class Strategy:
         self._fire("after_train_dataset_adaptation")
         s.dataloader = _EpochLoader(s.dataset, s.train_mb_size, True, self.generator)
         adapt_model(s.model, exp, optimizer=s.optimizer, device=s.device)
-        for s.epoch in range(s.train_epochs):
-            s.model.train()
+        for s.epoch in range(s.train_epochs):  # modules keep the modes set above for the whole experience
             self._fire("before_training_epoch")
             self._train_epoch()
             self._fire("after_training_epoch")
@@ -203,6 +233,7 @@ class Strategy:
         before_up, after_up, after_it = c["before_update"], c["after_update"], c["after_training_iteration"]
         terms_fns, model, optimizer = self._loss_terms, s.model, s.optimizer
         move = s.device.type != "cpu"
+        check_every, losses, parts = self._check_every, [], []  # the unchecked losses, and their parts
         s.epoch_iteration = 0
         for mb in s.dataloader:  # type: ignore[union-attr]
             s.mb = self._to_device(mb) if move else mb
@@ -211,7 +242,7 @@ class Strategy:
             if before_fw: before_fw(s)  # noqa: E701
             s.mb_output = model_forward(model, s.mb[0], s.mb[2])
             if after_fw: after_fw(s)  # noqa: E701
-            loss = self._criterion(s.mb_output, s.mb[1])
+            loss = criterion_loss = self._criterion(s.mb_output, s.mb[1])
             if terms_fns:
                 s.loss_terms = terms = {}
                 for name, fn in terms_fns:
@@ -224,7 +255,11 @@ class Strategy:
                     if term is not None:
                         terms[name] = term
                         loss = loss + term
+                parts.append((criterion_loss, terms))
             s.loss = loss
+            losses.append(loss.detach())
+            if len(losses) == check_every:
+                self._check_finite(losses, parts, s.epoch_iteration + 1)
             if before_bw: before_bw(s)  # noqa: E701
             s.loss.backward()
             if after_bw: after_bw(s)  # noqa: E701
@@ -234,6 +269,37 @@ class Strategy:
             s.iteration += 1
             s.epoch_iteration += 1
             if after_it: after_it(s)  # noqa: E701
+        if losses:
+            self._check_finite(losses, parts, s.epoch_iteration)
+
+    def _check_finite(self, losses: list[torch.Tensor], parts: list[tuple[Any, dict[str, Any]]], end: int) -> None:
+        """Check the losses of this epoch's iterations ``end - len(losses)`` to ``end - 1`` (one device sync) and
+        forget them; raise or warn (``on_nonfinite``) naming the first non-finite one and what in it was not."""
+        one = len(losses) == 1  # reading one loss is cheaper than any tensor operation (CPU)
+        if math.isfinite(losses[0].item()) if one else bool(torch.isfinite(torch.stack(losses)).all()):
+            losses.clear()
+            parts.clear()
+            return
+        s = self.state
+        i = int((~torch.isfinite(torch.stack(losses))).nonzero()[0, 0])
+        criterion_loss, terms = parts[i] if parts else (losses[i], {})
+        culprits = [("criterion", "the criterion's loss", criterion_loss),
+                    *((name, f"the loss term of plugin {name!r}", term) for name, term in terms.items())]
+        part, what, value = next(((p, w, x) for p, w, v in culprits
+                                  if not math.isfinite(x := float(torch.as_tensor(v).detach()))),
+                                 ("sum", "the sum of the (finite) criterion's loss and loss terms", float(losses[i])))
+        where = {"experience": s.experience.index, "epoch": s.epoch,  # type: ignore[union-attr]
+                 "iteration": end - len(losses) + i}
+        losses.clear()
+        parts.clear()
+        if self.on_nonfinite == "raise":
+            raise NonFiniteLossError(
+                f"the training loss is not finite at experience {where['experience']}, epoch {s.epoch}, iteration "
+                f"{where['iteration']}: {what} is {value} (Strategy(on_nonfinite='warn'), or `clkernel run "
+                f"--on-nonfinite warn`, trains on)", **where, part=part, value=value)
+        if self._warned != (s.experiences_trained, s.epoch):  # the first of the epoch: the others follow from it
+            self._warned = (s.experiences_trained, s.epoch)
+            log.warning("nonfinite_loss", **where, part=part, value=value)
 
     def _criterion(self, output: Any, y: torch.Tensor) -> torch.Tensor:
         try:
@@ -271,40 +337,38 @@ class Strategy:
         if not nested:
             self._prepare()
         s.is_training, s.metrics, s.stream_name = False, {}, _stream_name(exps[0], "eval")
-        was_training = s.model.training
-        s.model.eval()
         c = self.dispatcher.calls
         before_it, before_fw, after_fw, after_it = (c["before_eval_iteration"], c["before_eval_forward"],
                                                     c["after_eval_forward"], c["after_eval_iteration"])
         move = s.device.type != "cpu"
-        try:
-            self._fire("before_eval")
-            for exp in exps:
-                s.experience, s.stream_name = exp, _stream_name(exp, "eval")
-                log.debug("experience_start", phase="eval", stream=s.stream_name, experience=exp.index)
-                self._fire("before_eval_exp")
-                self._fire("before_eval_dataset_adaptation")
-                s.dataset = exp.dataset.eval()
-                self._fire("after_eval_dataset_adaptation")
-                adapt_model(s.model, exp, device=s.device)
-                s.dataloader = _EpochLoader(s.dataset, s.eval_mb_size, False, None)
-                s.epoch_iteration = 0
-                for mb in s.dataloader:
-                    s.mb = self._to_device(mb) if move else mb
-                    if before_it: before_it(s)  # noqa: E701
-                    if before_fw: before_fw(s)  # noqa: E701
-                    s.mb_output = model_forward(s.model, s.mb[0], s.mb[2])
-                    if after_fw: after_fw(s)  # noqa: E701
-                    s.epoch_iteration += 1
-                    if after_it: after_it(s)  # noqa: E701
-                self._fire("after_eval_exp")
-            self._fire("after_eval")
-            result = dict(s.metrics)
-        finally:  # also after a failure: the training fields and the model's mode come back
-            (s.experience, s.stream_name, s.dataset, s.dataloader, s.mb, s.mb_output, s.epoch_iteration,
-             s.metrics) = saved
-            s.is_training = nested
-            s.model.train(was_training)
+        with eval_mode(s.model):  # each module gets its own mode back after (a plugin may have frozen some)
+            try:
+                self._fire("before_eval")
+                for exp in exps:
+                    s.experience, s.stream_name = exp, _stream_name(exp, "eval")
+                    log.debug("experience_start", phase="eval", stream=s.stream_name, experience=exp.index)
+                    self._fire("before_eval_exp")
+                    self._fire("before_eval_dataset_adaptation")
+                    s.dataset = exp.dataset.eval()
+                    self._fire("after_eval_dataset_adaptation")
+                    adapt_model(s.model, exp, device=s.device).eval()  # modules it created evaluate too
+                    s.dataloader = _EpochLoader(s.dataset, s.eval_mb_size, False, None)
+                    s.epoch_iteration = 0
+                    for mb in s.dataloader:
+                        s.mb = self._to_device(mb) if move else mb
+                        if before_it: before_it(s)  # noqa: E701
+                        if before_fw: before_fw(s)  # noqa: E701
+                        s.mb_output = model_forward(s.model, s.mb[0], s.mb[2])
+                        if after_fw: after_fw(s)  # noqa: E701
+                        s.epoch_iteration += 1
+                        if after_it: after_it(s)  # noqa: E701
+                    self._fire("after_eval_exp")
+                self._fire("after_eval")
+                result = dict(s.metrics)
+            finally:  # also after a failure: the training fields and the model's mode come back
+                (s.experience, s.stream_name, s.dataset, s.dataloader, s.mb, s.mb_output, s.epoch_iteration,
+                 s.metrics) = saved
+                s.is_training = nested
         if nested:
             s.metrics.update(result)
         return result

@@ -7,14 +7,15 @@ that trains on its own data calls :func:`adapt_model` so that dynamic modules gr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
 
     from clkernel.types import Experience
 
-__all__ = ["DynamicModule", "adapt_model", "model_forward", "update_optimizer"]
+__all__ = ["DynamicModule", "adapt_model", "eval_mode", "model_forward", "update_optimizer"]
 
 
 @runtime_checkable
@@ -45,21 +46,22 @@ def model_forward(model: torch.nn.Module, x: Any, task_labels: torch.Tensor) -> 
 
 
 def update_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:
-    """Make ``optimizer`` train exactly ``model``'s parameters, keeping the state (momentum...) of the old ones.
+    """Make ``optimizer`` train exactly ``model``'s parameters, keeping the group and the state (momentum...) of
+    the old ones.
 
     New parameters join the first parameter group; parameters gone from the model leave the optimizer (with
-    their state).
+    their state). Each group's parameters end in ``model.parameters()`` order, so that an optimizer built afresh
+    over the model (the same groups, each in model order) loads this one's ``state_dict`` with each parameter's
+    own state.
     """
-    current = list(model.parameters())
-    alive = {id(p) for p in current}
-    known: set[int] = set()
+    position = {id(p): i for i, p in enumerate(model.parameters())}
+    known = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    optimizer.param_groups[0]["params"].extend(p for p in model.parameters() if id(p) not in known)
     for group in optimizer.param_groups:
         for p in group["params"]:
-            if id(p) not in alive:
+            if id(p) not in position:
                 optimizer.state.pop(p, None)
-        group["params"] = [p for p in group["params"] if id(p) in alive]
-        known.update(id(p) for p in group["params"])
-    optimizer.param_groups[0]["params"].extend(p for p in current if id(p) not in known)
+        group["params"][:] = sorted((p for p in group["params"] if id(p) in position), key=lambda p: position[id(p)])
 
 
 def adapt_model(model: torch.nn.Module, experience: Experience, *, optimizer: torch.optim.Optimizer | None = None,
@@ -78,3 +80,20 @@ def adapt_model(model: torch.nn.Module, experience: Experience, *, optimizer: to
     if optimizer is not None:
         update_optimizer(optimizer, model)
     return model
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``with eval_mode(model):`` runs the block with every module in eval mode, then gives each module back its
+    own mode, also after an error: a layer a plugin froze (``bn.eval()``) stays frozen, which
+    ``model.train(was_training)`` would undo. The loop's evaluation and every plugin that runs the model on its
+    own data (importances, replay selection) use it.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in modes:  # parents first; only where it changed (modules may override train())
+            if module.training != mode:
+                module.train(mode)

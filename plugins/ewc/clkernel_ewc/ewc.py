@@ -49,22 +49,20 @@ def compute_importances(model: torch.nn.Module, dataset: CLDataset, *,
     if device is None:
         device = next(iter(params.values())).device if params else torch.device("cpu")
     importances = {n: torch.zeros_like(p) for n, p in params.items()}
-    was_training = model.training
-    model.eval()
     batches = 0
-    try:
-        for x, y, t in iterate_minibatches(dataset, batch_size, shuffle=False):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    with clkernel.eval_mode(model):
+        try:
+            for x, y, t in iterate_minibatches(dataset, batch_size, shuffle=False):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                model.zero_grad(set_to_none=True)
+                out = model_forward(model, x, t.to(device, non_blocking=True))
+                criterion(out, y).backward()
+                for n, p in params.items():
+                    if p.grad is not None:
+                        importances[n] += p.grad.detach().pow(2)
+                batches += 1
+        finally:
             model.zero_grad(set_to_none=True)
-            out = model_forward(model, x, t.to(device, non_blocking=True))
-            criterion(out, y).backward()
-            for n, p in params.items():
-                if p.grad is not None:
-                    importances[n] += p.grad.detach().pow(2)
-            batches += 1
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
     if batches == 0:
         raise ValueError("compute_importances got an empty dataset")
     return {n: imp / batches for n, imp in importances.items()}

@@ -8,10 +8,12 @@ centre) compute features with, in this order of preference: their own ``feature_
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import torch
 
+import clkernel
 from clkernel import CLDataset, iterate_minibatches, model_forward
 from clkernel.validate import positive_int
 
@@ -60,27 +62,23 @@ def compute_features(dataset: CLDataset, *, model: torch.nn.Module | None = None
         except AttributeError as e:
             raise ValueError(f"layer {layer!r} is not a submodule of the model ({e})") from None
         hook = sub.register_forward_hook(lambda _m, _i, out: captured.append(out))
-    was_training = model.training if model is not None else False
-    if model is not None:
-        model.eval()
     rows = []
-    try:
-        for x, _y, t in iterate_minibatches(dataset.eval(), batch_size, shuffle=False):
-            x = x.to(device)
-            if feature_extractor is not None:
-                out = feature_extractor(x)
-            elif model is not None:
-                out = model_forward(model, x, t.to(device))
-                if hook is not None:
-                    out = captured.pop()
-            else:
-                out = x
-            rows.append(out.reshape(len(x), -1).float().cpu())
-    finally:
-        if hook is not None:
-            hook.remove()
-        if model is not None:
-            model.train(was_training)
+    with clkernel.eval_mode(model) if model is not None else contextlib.nullcontext():
+        try:
+            for x, _y, t in iterate_minibatches(dataset.eval(), batch_size, shuffle=False):
+                x = x.to(device)
+                if feature_extractor is not None:
+                    out = feature_extractor(x)
+                elif model is not None:
+                    out = model_forward(model, x, t.to(device))
+                    if hook is not None:
+                        out = captured.pop()
+                else:
+                    out = x
+                rows.append(out.reshape(len(x), -1).float().cpu())
+        finally:
+            if hook is not None:
+                hook.remove()
     return torch.cat(rows)
 
 
