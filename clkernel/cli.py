@@ -273,7 +273,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", help="NAME[:key=value,...] (default: the installed default benchmark)")
     p.add_argument("--model", help="NAME[:key=value,...] (default: the installed default model)")
     for kind in ("plugin", "metric", "logger"):
-        p.add_argument(f"--{kind}", action="append", default=[], help=f"NAME[:key=value,...], repeatable")
+        p.add_argument(f"--{kind}", action="append", default=[], help="NAME[:key=value,...], repeatable")
     p.add_argument("--optimizer", choices=("sgd", "adam"))
     p.add_argument("--lr", type=float)
     p.add_argument("--momentum", type=float)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Callable
 
+import importlib_metadata
 import pytest
 import torch
 
@@ -47,3 +51,18 @@ def install_dist(tmp_path: Path) -> Callable[..., Path]:
         return site
 
     return install
+
+
+@pytest.fixture
+def run_cli() -> Callable[..., subprocess.CompletedProcess]:
+    """``run_cli(site, cwd, *args)``: ``clkernel --log-format json run *args`` in a subprocess, in ``cwd``, with the
+    plugin distribution installed in ``site`` (by ``install_dist``) as the only one enabled, so its defaults are
+    the run's defaults."""
+
+    def run(site: Path, cwd: Path, *args: str, entry_point: str = "toy") -> subprocess.CompletedProcess:
+        others = {ep.name for ep in importlib_metadata.entry_points(group="clkernel.plugins")} - {entry_point}
+        env = {**os.environ, "PYTHONPATH": str(site), "CLKERNEL_DISABLE_PLUGINS": ",".join(sorted(others))}
+        return subprocess.run([sys.executable, "-m", "clkernel.cli", "--log-format", "json", "run", *args],
+                              capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+    return run

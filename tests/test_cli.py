@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
-import importlib_metadata
 import pytest
 
 PLUGIN = '''
@@ -118,15 +115,12 @@ def site(install_dist):
     return install_dist("clk-toy", "clk_toy", PLUGIN, entry_point="toy")
 
 
-def run(site: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    """``clkernel run`` with the toy plugin as the only one enabled, so its defaults are the defaults."""
-    others = {ep.name for ep in importlib_metadata.entry_points(group="clkernel.plugins")} - {"toy"}
-    env = {**os.environ, "PYTHONPATH": str(site), "CLKERNEL_DISABLE_PLUGINS": ",".join(sorted(others))}
-    return subprocess.run([sys.executable, "-m", "clkernel.cli", "--log-format", "json", "run", *args],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+@pytest.fixture
+def run(run_cli):
+    return run_cli
 
 
-def test_run_with_defaults_trains_evaluates_and_logs(site, tmp_path):
+def test_run_with_defaults_trains_evaluates_and_logs(site, tmp_path, run):
     result = run(site, tmp_path, "--output", "out", "--mb-size", "4")
     assert result.returncode == 0, result.stderr
     values = [json.loads(line) for line in (tmp_path / "out" / "values.jsonl").read_text().splitlines()]
@@ -140,7 +134,7 @@ def test_run_with_defaults_trains_evaluates_and_logs(site, tmp_path):
     assert start["components"]["benchmark:toy"] == "clk-toy 1.0" and start["seed"] == 0
 
 
-def test_config_file_and_flags_compose(site, tmp_path):
+def test_config_file_and_flags_compose(site, tmp_path, run):
     (tmp_path / "run.toml").write_text('benchmark = "toy:n_experiences=3"\nepochs = 2\nmb-size = 8\n'
                                        'output = "from-config"\nloggers = [{name = "recorder"}]\n')
     result = run(site, tmp_path, "--config", "run.toml", "--epochs", "1")
@@ -158,19 +152,19 @@ def test_config_file_and_flags_compose(site, tmp_path):
     (["--epochs", "0"], "--epochs must be a positive integer"),
     (["--data-root", "missing"], "benchmark 'toy': no data in 'missing'; pass --data-root"),
 ])
-def test_usage_errors_exit_2_naming_the_culprit(site, tmp_path, args, message):
+def test_usage_errors_exit_2_naming_the_culprit(site, tmp_path, args, message, run):
     result = run(site, tmp_path, *args)
     assert result.returncode == 2
     assert message in result.stderr
 
 
-def test_bad_config_key_is_a_usage_error(site, tmp_path):
+def test_bad_config_key_is_a_usage_error(site, tmp_path, run):
     (tmp_path / "run.toml").write_text("epoch = 3\n")
     result = run(site, tmp_path, "--config", "run.toml")
     assert result.returncode == 2 and "unknown key 'epoch'" in result.stderr
 
 
-def test_training_failure_exits_1_with_a_structured_error(site, tmp_path):
+def test_training_failure_exits_1_with_a_structured_error(site, tmp_path, run):
     result = run(site, tmp_path, "--plugin", "explode")
     assert result.returncode == 1
     error = json.loads([line for line in result.stderr.splitlines() if '"run_failed"' in line][0])

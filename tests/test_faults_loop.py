@@ -6,12 +6,8 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import subprocess
-import sys
 from typing import Any
 
-import importlib_metadata
 import pytest
 import structlog
 import torch
@@ -382,15 +378,12 @@ def register_models(register):
 '''
 
 
-def clkernel_run(site: Any, tmp_path: Any, *args: str) -> subprocess.CompletedProcess:
-    others = {ep.name for ep in importlib_metadata.entry_points(group="clkernel.plugins")} - {"toy"}
-    env = {**os.environ, "PYTHONPATH": str(site), "CLKERNEL_DISABLE_PLUGINS": ",".join(sorted(others))}
-    return subprocess.run([sys.executable, "-m", "clkernel.cli", "--log-format", "json", "run", "--output", "out",
-                           "--mb-size", "4", *args], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=120)
+@pytest.fixture
+def clkernel_run(run_cli):
+    return lambda site, cwd, *args: run_cli(site, cwd, "--output", "out", "--mb-size", "4", *args)
 
 
-def test_cli_run_with_a_huge_learning_rate_exits_1_with_one_line_naming_where(install_dist, tmp_path):
+def test_cli_run_with_a_huge_learning_rate_exits_1_with_one_line_naming_where(install_dist, tmp_path, clkernel_run):
     site = install_dist("clk-toy", "clk_toy", PLUGIN, entry_point="toy")
     result = clkernel_run(site, tmp_path, "--lr", "1e30")
     assert result.returncode == 1, result.stderr
@@ -403,7 +396,7 @@ def test_cli_run_with_a_huge_learning_rate_exits_1_with_one_line_naming_where(in
     assert "the criterion's loss is " in error["error"]
 
 
-def test_cli_run_on_nonfinite_warn_trains_on_and_exits_0(install_dist, tmp_path):
+def test_cli_run_on_nonfinite_warn_trains_on_and_exits_0(install_dist, tmp_path, clkernel_run):
     site = install_dist("clk-toy", "clk_toy", PLUGIN, entry_point="toy")
     result = clkernel_run(site, tmp_path, "--lr", "1e30", "--on-nonfinite", "warn")
     assert result.returncode == 0, result.stderr
