@@ -24,8 +24,8 @@ from attrs import define, field, frozen
 
 from clkernel.hookspecs import PROJECT, RegistrationHooks
 
-__all__ = ["ENTRY_POINT_GROUP", "FIRST_PARTY", "KINDS", "Component", "PluginSource", "Registry", "RegistryError", "available",
-           "load", "parse_options", "registry", "reset_registry"]
+__all__ = ["ENTRY_POINT_GROUP", "FIRST_PARTY", "KINDS", "Component", "PluginSource", "Registry", "RegistryError",
+           "available", "load", "parse_options", "registry", "reset_registry"]
 
 ENTRY_POINT_GROUP = "clkernel.plugins"
 #: Component kind -> the registration hook that fills it.
@@ -33,7 +33,7 @@ KINDS = {"benchmark": "register_benchmarks", "model": "register_models", "plugin
          "metric": "register_metrics", "logger": "register_loggers"}
 DISABLE_VARIABLE = "CLKERNEL_DISABLE_PLUGINS"
 #: The first-party distributions and the names they register, by kind: an unknown name that one of them provides
-#: is answered with its distribution, installed or not. tests/test_discovery.py keeps it in step.
+#: is answered with its distribution, installed or not. tests/test_install_hints.py keeps it in step.
 FIRST_PARTY = {
     "benchmark": {"clkernel-benchmarks": "split-digits split-mnist permuted-mnist rotated-mnist split-fmnist "
                                          "split-cifar10 split-cifar100 split-tinyimagenet core50"},
@@ -192,10 +192,11 @@ class Registry:
             listing = f"installed {kind}s: {', '.join(self.available(kind)) or '(none)'}"
             if not name.strip():
                 raise RegistryError(f"empty {kind} name; {listing}")
+            parts = [f"unknown {kind} {name!r}", listing, *self._hint(kind, name)]
             broken = [s.label() for s in self.sources if s.status == "error"]
-            raise RegistryError("; ".join([f"unknown {kind} {name!r}", listing, *self._hint(kind, name)]
-                                          + [f"broken plugins (see `clkernel plugins`): {', '.join(broken)}"]
-                                          * bool(broken)))
+            if broken:
+                parts.append(f"broken plugins (see `clkernel plugins`): {', '.join(broken)}")
+            raise RegistryError("; ".join(parts))
         return self._components[kind, name]
 
     def _hint(self, kind: str, name: str) -> list[str]:
@@ -205,7 +206,7 @@ class Registry:
             return [self._provided_by(kind, name)]
         names = {n.lower(): n for n in [*(n for k, n in _PROVIDERS if k == kind), *self.available(kind)]}
         close = [names[n] for n in difflib.get_close_matches(name.lower(), names, n=1)]
-        if not close or (kind, close[0]) in self._components:
+        if not close or (kind, close[0]) in self._components or (kind, close[0]) in self._clashes:
             return [f"did you mean {n!r}?" for n in close]
         return [f"did you mean {close[0]!r}?", self._provided_by(kind, close[0])]
 

@@ -13,6 +13,7 @@ called directly, in plugin order; hook wrappers on them are rejected at composit
 from __future__ import annotations
 
 import difflib
+import inspect
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import pluggy
@@ -54,33 +55,50 @@ def plugin_name(plugin: Any, taken: set[str]) -> str:
 
 def compose(plugins: Iterable[Any]) -> pluggy.PluginManager:
     """A plugin manager holding :class:`~clkernel.hookspecs.TrainingEvents` and ``plugins``, called in the
-    order given (pluggy calls the last registered first, so they are registered in reverse).
+    order given (pluggy calls the last registered first, so they are registered in reverse). Plugins are named
+    in the order given: two ``replay`` plugins are ``replay`` and ``replay#2``.
 
-    :raises CompositionError: naming the plugin, for an unknown event name (with a did-you-mean), arguments
-        that are not the spec's, or an object implementing no event.
+    :raises CompositionError: one line naming the plugin, for a class given instead of an instance, the same
+        object listed twice, an unknown event name (with a did-you-mean), arguments that are not the spec's or
+        that have a default value, a hook wrapper on an event the loop calls directly, or an object implementing
+        no event.
     """
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(TrainingEvents)
     taken: set[str] = set()
-    for plugin in reversed(list(plugins)):
-        name = plugin_name(plugin, taken)
+    named = [(plugin_name(plugin, taken), plugin) for plugin in plugins]
+    seen: dict[int, str] = {}
+    for name, plugin in named:
+        if isinstance(plugin, type):
+            raise CompositionError(f"plugin {name!r} is a class: pass an instance, {plugin.__name__}(...)")
+        if id(plugin) in seen:
+            raise CompositionError(f"plugin {seen[id(plugin)]!r} is listed twice; pass it once (or two instances)")
+        seen[id(plugin)] = name
+    for name, plugin in reversed(named):
         try:
             pm.register(plugin, name=name)
         except (pluggy.PluginValidationError, ValueError) as e:
-            raise CompositionError(f"plugin {name!r} cannot be used: {e}") from e
-        impls = [hc.name for hc in pm.get_hookcallers(plugin) or []]
-        unknown = [n for n in impls if n not in SPEC]
+            raise CompositionError(f"plugin {name!r} cannot be used: {' '.join(str(e).split())}") from e
+        callers = pm.get_hookcallers(plugin) or []
+        unknown = [hc.name for hc in callers if hc.name not in SPEC]
         if unknown:
             hint = difflib.get_close_matches(unknown[0], EVENTS, n=1)
             raise CompositionError(
                 f"plugin {name!r} implements {unknown[0]!r}, which is not a clkernel event"
                 + (f" (did you mean {hint[0]!r}?)" if hint else "; `clkernel hooks` lists the events"))
-        if not impls:
+        if not callers:
             raise CompositionError(f"plugin {name!r} implements no clkernel event: mark its methods with "
                                    f"@clkernel.hookimpl")
-        for caller in pm.get_hookcallers(plugin) or []:
+        for caller in callers:
+            impl = next(i for i in caller.get_hookimpls() if i.plugin is plugin)
+            spec_args = set(caller.spec.argnames) if caller.spec else set()
+            defaulted = [p.name for p in inspect.signature(impl.function).parameters.values()
+                         if p.name in spec_args and p.default is not p.empty]
+            if defaulted:
+                raise CompositionError(f"plugin {name!r}: argument {defaulted[0]!r} of {caller.name!r} has a default "
+                                       f"value, so pluggy would never pass it; remove the default")
             direct = SPEC[caller.name].result is not None or caller.name == "log_metrics"
-            if direct and any(i.plugin is plugin and (i.hookwrapper or i.wrapper) for i in caller.get_hookimpls()):
+            if direct and (impl.hookwrapper or impl.wrapper):
                 raise CompositionError(f"plugin {name!r} implements {caller.name!r} as a hook wrapper; the loop "
                                        f"calls that event directly, so it must be a plain implementation")
     pm.check_pending()

@@ -124,6 +124,9 @@ class Strategy:
     # ------------------------------------------------------------------ dispatch
 
     def _prepare(self) -> None:
+        if self._closed:
+            raise RuntimeError("the strategy is closed (clkernel.run and `with strategy:` close it): its plugins "
+                               "have released their files; build a new strategy to train or evaluate again")
         self.dispatcher.prepare()
         self._loss_terms = self.dispatcher.functions("loss_terms")
         self._log_metrics = self.dispatcher.functions("log_metrics")
@@ -178,9 +181,12 @@ class Strategy:
             experiences, or one dataset of ``(x, y, t)``.
         :param eval_streams: streams (or lists of experiences) to evaluate; kept in ``state.eval_streams``.
             Evaluated before the first experience too when a plugin's :func:`needs_initial_eval` asks for it.
-        :returns: the last value of every metric logged during the call (its evaluations included).
+        :returns: the last value of every metric logged during the call (its evaluations included): numbers,
+            tensors, or whatever the metrics logged.
         :raises PluginError: when a plugin fails, naming it and the event (under ``trace=True`` or a hook
             wrapper, the plugin's exception as pluggy raises it).
+        :raises NonFiniteLossError: when the training loss is nan or inf and ``on_nonfinite="raise"``.
+        :raises RuntimeError: when the strategy was closed.
         """
         exps = as_experiences(experiences, "train")
         s = self.state
@@ -379,17 +385,20 @@ class Naive(Strategy):
 
 
 def run(strategy: Strategy, benchmark: Benchmark, *, train_stream: str = "train",
-        eval_streams: Iterable[str] = ("test",)) -> dict[str, Any]:
+        eval_streams: str | Iterable[str] = ("test",)) -> dict[str, Any]:
     """Train ``strategy`` on every experience of ``benchmark``'s ``train_stream`` and evaluate its
     ``eval_streams`` as ``strategy.eval_every`` says (default: after each experience, and before the first when
     a plugin asks); then close the strategy (:func:`after_run`, also on error). What ``clkernel run`` does.
 
-    :param eval_streams: names of streams of ``benchmark`` (``"test"``, ``"valid"``...).
-    :returns: the last value of every metric logged during the run. ``strategy.close()`` (idempotent) then
-        returns the files the plugins wrote.
+    :param eval_streams: names of streams of ``benchmark`` (``"test"``, ``"valid"``...); one name may be given
+        as a string.
+    :returns: the last value of every metric logged during the run (numbers, tensors, or whatever the metrics
+        logged). ``strategy.close()`` (idempotent) then returns the files the plugins wrote.
     :raises KeyError: naming the stream and the benchmark's streams, for an unknown stream name.
+    :raises PluginError, NonFiniteLossError: as :meth:`Strategy.train`; the strategy is closed all the same.
     """
-    streams = [_named_stream(benchmark, name) for name in (train_stream, *eval_streams)]
+    names = (eval_streams,) if isinstance(eval_streams, str) else tuple(eval_streams)
+    streams = [_named_stream(benchmark, name) for name in (train_stream, *names)]
     with strategy:
         return strategy.train(streams[0], eval_streams=streams[1:])
 
@@ -409,7 +418,7 @@ class _EpochLoader:
 
 def _named_stream(benchmark: Benchmark, name: str) -> Stream:
     if name not in benchmark.streams:
-        raise KeyError(f"benchmark {benchmark.name!r} has no stream {name!r}; streams: "
+        raise KeyError(f"benchmark {benchmark.name or '(unnamed)'} has no stream {name!r}; streams: "
                        f"{', '.join(benchmark.streams)}")
     return benchmark.streams[name]
 

@@ -34,7 +34,13 @@ _KEYS = ("exp", "task", "class")
 class MetricName:
     """The parts of one metric name; ``str(name)`` gives the name back.
 
-    ``exp``, ``task`` and ``cls`` are None when the name has no such part.
+    :param quantity: what is measured (``acc``, ``loss``, ``forgetting``...).
+    :param granularity: one of :data:`GRANULARITIES`.
+    :param phase: ``train`` or ``eval``.
+    :param stream: the stream's name.
+    :param exp: the experience number (``expNNN``), or None.
+    :param task: the task label (``taskNNN``), or None.
+    :param cls: the class id (``classNNN``), or None.
     """
 
     quantity: str
@@ -62,8 +68,11 @@ def metric_name(quantity: str, granularity: str, phase: str, stream: str, *, exp
     """The name of one metric value: ``metric_name("acc", "exp", "eval", "test", exp=2)`` is
     ``"acc_exp/eval/test/exp002"``.
 
-    :raises ValueError: for an unknown granularity or phase, an empty quantity, a ``/`` inside a part, or a
-        negative experience, task or class number.
+    An empty ``stream`` becomes ``"unnamed"`` (a dataset evaluated outside any stream).
+
+    :raises ValueError: for an unknown granularity or phase, an empty quantity, a ``/`` inside a part, an
+        experience, task or class number that is not an ``int`` >= 0, or a quantity ending like a granularity
+        (``my_running`` with ``epoch``), whose name would not read back.
     """
     if granularity not in GRANULARITIES:
         raise ValueError(f"unknown granularity {granularity!r}; granularities: {', '.join(GRANULARITIES)}")
@@ -74,20 +83,29 @@ def metric_name(quantity: str, granularity: str, phase: str, stream: str, *, exp
         if not isinstance(text, str) or not text or "/" in text:
             raise ValueError(f"metric {what} must be a non-empty string without '/', got {text!r}")
     for key, value in zip(_KEYS, (exp, task, cls)):
-        if value is not None and (isinstance(value, bool) or int(value) != value or value < 0):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ValueError(f"metric {key} number must be an integer >= 0, got {value!r}")
-    return str(MetricName(quantity, granularity, phase, stream,
-                          *(None if v is None else int(v) for v in (exp, task, cls))))
+    name = MetricName(quantity, granularity, phase, stream, exp, task, cls)
+    if parse_metric_name(str(name)) != name:  # "my_running" + "epoch" would read back as "my" + "running_epoch"
+        raise ValueError(f"metric quantity {quantity!r} ends like a granularity, so {str(name)!r} would not read back "
+                         f"as quantity {quantity!r}, granularity {granularity!r}; rename the quantity")
+    return str(name)
 
 
-@lru_cache(maxsize=8192)
 def parse_metric_name(name: str) -> MetricName:
     """The parts of a name built by :func:`metric_name` (cached: loggers parse every value's name).
 
-    :raises ValueError: naming the part that does not follow the scheme (loggers that accept any name catch it
-        and treat the value as unnamed).
+    :raises ValueError: naming the part that does not follow the scheme, also for a name that is not a string
+        (loggers that accept any name catch it and treat the value as unnamed).
     """
-    parts = name.split("/") if isinstance(name, str) else []
+    if not isinstance(name, str):
+        raise ValueError(f"metric name must be a string, got {type(name).__name__}: {name!r}")
+    return _parse(name)
+
+
+@lru_cache(maxsize=8192)
+def _parse(name: str) -> MetricName:
+    parts = name.split("/")
     if len(parts) < 3:
         raise ValueError(f"metric name {name!r} does not follow QUANTITY_GRANULARITY/PHASE/STREAM[/...]")
     head, phase, stream = parts[:3]

@@ -51,13 +51,18 @@ def test_building_a_bad_name_is_an_error(kwargs):
 
 
 _part = st.text(st.characters(whitelist_categories=("Ll", "Nd"), whitelist_characters="_-"), min_size=1,
-                max_size=12)
+                max_size=12) | st.sampled_from(["x_running", "top5_acc", "acc_exp", "a_exp"])
 _number = st.none() | st.integers(0, 10**5)
 
 
 @settings(derandomize=True, database=None, deadline=None, max_examples=200)
 @given(_part, st.sampled_from(GRANULARITIES), st.sampled_from(["train", "eval"]), _part, _number, _number, _number)
 def test_building_then_parsing_gives_the_parts_back(quantity, granularity, phase, stream, exp, task, cls):
+    if any(f"{quantity}_{granularity}".endswith("_" + g) and len(f"{quantity}_{granularity}") > len(g) + 1
+           and g != granularity and g.endswith(granularity) for g in GRANULARITIES):
+        with pytest.raises(ValueError, match="ends like a granularity"):  # "x_running" + "epoch"
+            metric_name(quantity, granularity, phase, stream, exp=exp, task=task, cls=cls)
+        return
     name = metric_name(quantity, granularity, phase, stream, exp=exp, task=task, cls=cls)
     assert parse_metric_name(name) == MetricName(quantity, granularity, phase, stream, exp, task, cls)
     assert str(parse_metric_name(name)) == name
@@ -294,3 +299,25 @@ def test_a_script_that_configures_logging_sees_the_kernels_events():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "clkernel" in result.stderr and "experience_start" in result.stderr
+
+
+def test_names_that_would_not_read_back_or_are_not_names_are_refused():
+    with pytest.raises(ValueError, match="ends like a granularity"):
+        metric_name("my_running", "epoch", "eval", "test")
+    with pytest.raises(ValueError, match="integer >= 0"):
+        metric_name("acc", "exp", "eval", "test", exp=2.0)
+    with pytest.raises(ValueError, match="must be a string"):
+        parse_metric_name(["a"])
+    assert metric_name("acc", "stream", "eval", "") == "acc_stream/eval/unnamed"
+
+
+def test_a_closed_strategy_refuses_to_run_again_and_run_takes_one_stream_name(make_benchmark, tmp_path):
+    bench = make_benchmark(n_exp=1)
+    recorder = RunRecorder(tmp_path, initial=False)
+    strategy = _strategy([recorder])
+    clkernel.run(strategy, bench, eval_streams="test")
+    assert "eval test after 1" in recorder.events
+    with pytest.raises(RuntimeError, match="the strategy is closed"):
+        strategy.train(bench.train_stream)
+    with pytest.raises(RuntimeError, match="the strategy is closed"):
+        clkernel.run(strategy, bench)

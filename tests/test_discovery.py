@@ -82,8 +82,9 @@ def test_real_entry_points_are_found_by_name_and_a_broken_one_does_not_stop_them
 
 
 def test_unknown_names_list_the_installed_ones(site):
-    with pytest.raises(RegistryError, match=r"^unknown model 'tiny-mpl'; installed models: .*tiny-mlp.*; did you mean "
-                                            r"'tiny-mlp'\?; broken plugins \(see `clkernel plugins`\): clk-broken 0.3$"):
+    with pytest.raises(RegistryError, match=r"^unknown model 'tiny-mpl'; installed models: .*tiny-mlp.*; did you "
+                                            r"mean 'tiny-mlp'\?; broken plugins \(see `clkernel plugins`\): "
+                                            r"clk-broken 0.3$"):
         clkernel.load("model", "tiny-mpl")
     with pytest.raises(RegistryError, match="unknown component kind 'models'; kinds: benchmark, model"):
         clkernel.available("models")

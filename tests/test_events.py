@@ -267,3 +267,57 @@ def test_public_names_are_exported():
     for name in ("hookimpl", "CLDataset", "Experience", "Stream", "Benchmark", "TrainState", "Strategy", "Naive",
                  "load", "available"):
         assert hasattr(clkernel, name)
+
+
+def test_composition_mistakes_are_one_line_errors_naming_the_plugin():
+    class WithDefault:
+        name = "with-default"
+
+        @hookimpl
+        def after_training_exp(self, state=None):
+            pass
+
+    class Plugin:
+        name = "p"
+
+        @hookimpl
+        def after_training_exp(self, state):
+            pass
+
+    class WrongArgs:
+        name = "wrong-args"
+
+        @hookimpl
+        def after_training_exp(self, strategy):
+            pass
+
+    one = Plugin()
+    for plugins, message in (([WithDefault()], "'with-default': argument 'state' of 'after_training_exp' has a "
+                                               "default value"),
+                             ([Plugin], r"plugin 'p' is a class: pass an instance, Plugin\(...\)"),
+                             ([one, one], "plugin 'p' is listed twice"),
+                             ([WrongArgs()], "plugin 'wrong-args' cannot be used: .*strategy")):
+        with pytest.raises(CompositionError, match=message) as info:
+            make_strategy(plugins)
+        assert "\n" not in str(info.value)
+
+
+def test_instances_of_one_plugin_are_named_in_list_order(make_benchmark):
+    class Term:
+        name = "k"
+
+        def __init__(self, value):
+            self.value = value
+
+        @hookimpl
+        def loss_terms(self, state):
+            return torch.tensor(self.value)
+
+    class Spy:
+        @hookimpl
+        def before_backward(self, state):
+            self.terms = {k: float(v) for k, v in state.loss_terms.items()}
+
+    spy = Spy()
+    make_strategy([Term(1.0), Term(2.0), Term(3.0), spy]).train(make_benchmark(n_exp=1).train_stream)
+    assert spy.terms == {"k": 1.0, "k#2": 2.0, "k#3": 3.0}

@@ -75,7 +75,8 @@ def test_issue_examples():
 def test_did_you_mean_over_installed_names_ignores_case_and_gives_up_on_nonsense(monkeypatch):
     monkeypatch.delenv("CLKERNEL_DISABLE_PLUGINS", raising=False)
     registry = Registry.from_entry_points()
-    with pytest.raises(RegistryError, match=r"^unknown plugin 'repaly'; installed plugins: .*; did you mean 'replay'\?$"):
+    with pytest.raises(RegistryError, match=r"^unknown plugin 'repaly'; installed plugins: .*; did you mean "
+                                            r"'replay'\?$"):
         registry.get("plugin", "repaly")
     with pytest.raises(RegistryError, match=r"; did you mean 'pnn'\?$"):
         registry.get("model", "PNN")
@@ -95,6 +96,18 @@ def test_a_disabled_first_party_package_is_named_as_disabled(monkeypatch):
     assert result.stderr.strip().splitlines()[-1] == (
         "clkernel show: error: unknown plugin 'ewc'; installed plugins: cumulative, gdumb, joint, lwf, replay; 'ewc' "
         "is provided by clkernel-ewc, which CLKERNEL_DISABLE_PLUGINS disables")
+
+
+def test_a_near_name_that_clashes_gets_no_install_hint():
+    registry = Registry()
+    for source in ("one", "two"):
+        registry.add_module(type("Module", (), {"register_plugins": staticmethod(clkernel.hookimpl(
+            lambda register: register("replay", lambda: None)))}), source)
+    with pytest.raises(RegistryError, match=r"^unknown plugin 'repaly'; installed plugins: \(none\); did you mean "
+                                            r"'replay'\?$"):
+        registry.get("plugin", "repaly")
+    with pytest.raises(RegistryError, match="CLKERNEL_DISABLE_PLUGINS=one or CLKERNEL_DISABLE_PLUGINS=two"):
+        registry.get("plugin", "replay")
 
 
 def test_an_installed_package_that_does_not_register_a_name_says_so():

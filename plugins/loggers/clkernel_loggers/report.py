@@ -28,16 +28,20 @@ from clkernel_loggers.common import (
     is_figure, is_matrix, is_vector, metric_parts, prepare_dir, scalar, to_jsonable, versions, write_atomic,
 )
 
-__all__ = ["INITIAL_METRIC", "MATRIX_METRIC", "ReportLogger"]
+__all__ = ["INITIAL_METRIC", "MATRIX_METRIC", "PROGRESS_GRANULARITIES", "ReportLogger"]
 
 #: The first part of the names whose values are the accuracy matrices (2-D: after training i, on experience j).
 MATRIX_METRIC = "accuracy_matrix_stream"
 #: The first part of the names whose values are the accuracies before training (1-D: on experience j).
 INITIAL_METRIC = "accuracy_initial_stream"
+#: Granularities of progress values (the last minibatch, the epoch so far): not final metrics, so not in
+#: ``final_metrics`` (the last one logged may be from any point of an epoch).
+PROGRESS_GRANULARITIES = ("mb", "running_epoch")
 
 
 class ReportLogger:
-    """Writes ``results.json`` (final metrics, accuracy matrices, other matrices, configuration, versions) and,
+    """Writes ``results.json`` (final metrics: the last value of every scalar but the progress values of
+    :data:`PROGRESS_GRANULARITIES`; accuracy matrices, other matrices, configuration, versions) and,
     with ``plots``, ``accuracy_matrix_STREAM.png`` (heatmap) and ``accuracy_curves_STREAM.png`` (accuracy of each
     experience after each training experience) into ``run_dir``; figures logged by metrics are saved as
     ``NAME.png`` (the name with every character other than letters, digits, ``_.-`` replaced by ``_``).
@@ -76,10 +80,11 @@ class ReportLogger:
     def log_metrics(self, state: TrainState, values: dict[str, Any]) -> None:
         for name, value in values.items():
             v = scalar(value)
-            if v is not None:
-                self._final[name] = v
-                continue
             parts = metric_parts(name)
+            if v is not None:
+                if parts is None or parts.granularity not in PROGRESS_GRANULARITIES:
+                    self._final[name] = v
+                continue
             metric = parts.metric if parts is not None and parts.phase == "eval" else None
             if is_matrix(value):
                 if metric == MATRIX_METRIC:

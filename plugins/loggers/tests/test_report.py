@@ -27,7 +27,8 @@ def test_results_json_and_plots(tiny, tmp_path):
     last = {}
     for _, name, value in run.metrics.logged:
         last[name] = value
-    scalars = {k: float(v) for k, v in last.items() if not (isinstance(v, torch.Tensor) and v.dim() > 0)}
+    scalars = {k: float(v) for k, v in last.items() if not (isinstance(v, torch.Tensor) and v.dim() > 0)
+               and "_running_epoch/" not in k and "_mb/" not in k}  # progress values are not final
     assert results["final_metrics"] == pytest.approx(scalars)
     table = results["accuracy_matrix"]["test"]
     assert table["values"] == _nan_to_none(last["accuracy_matrix_stream/eval/test"].tolist())  # as received
@@ -113,3 +114,17 @@ def test_bad_dpi():
         ReportLogger(dpi=5)
     with pytest.raises(ValueError, match="report: dpi must be a positive integer, got 72.0"):
         ReportLogger(dpi=72.0)  # type: ignore[arg-type]
+
+
+def test_progress_values_are_not_final_metrics(tmp_path):
+    from types import SimpleNamespace
+
+    from clkernel_loggers import ReportLogger
+
+    report = ReportLogger(tmp_path, plots=False)
+    state = SimpleNamespace(experiences_trained=1)
+    report.log_metrics(state, {"acc_running_epoch/train/train": 0.0, "loss_mb/train/train": 3.2,
+                               "acc_epoch/train/train": 0.5, "custom": 7})
+    report.write()
+    final = json.loads((tmp_path / "results.json").read_text())["final_metrics"]
+    assert final == {"acc_epoch/train/train": 0.5, "custom": 7.0}
