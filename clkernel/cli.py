@@ -17,10 +17,10 @@ import tomllib
 from pathlib import Path
 from typing import Any, Sequence
 
-from clkernel.discovery import KINDS, RegistryError, parse_options, registry
+from clkernel.discovery import FIRST_PARTY, KINDS, RegistryError, parse_options, registry
 from clkernel.hookspecs import (
-    EVENTS, REGISTRATION_FREQUENCY, REGISTRATION_HOOKS, SPEC, RegistrationHooks, TrainingEvents, spec_arguments,
-    spec_summary,
+    EVENTS, REGISTRATION_FREQUENCY, REGISTRATION_HOOKS, SPEC, RegistrationHooks, TrainingEvents, plain_text,
+    spec_arguments, spec_summary,
 )
 from clkernel.log import configure_logging, get_logger
 
@@ -172,7 +172,8 @@ def _build(kind: str, spec: Any, context: dict[str, Any], used: dict[str, str]) 
     try:
         return registry().load(kind, name, **options)
     except (ValueError, TypeError, FileNotFoundError) as e:
-        raise UsageError(f"{kind} {name!r}: {e}") from e
+        message = str(e)
+        raise UsageError(message if message.startswith(f"{name}:") else f"{kind} {name!r}: {message}") from e
 
 
 def _seed_everything(seed: int) -> None:
@@ -189,12 +190,13 @@ def _seed_everything(seed: int) -> None:
 
 
 def _default(kind: str, given: Any) -> Any:
-    if given:
+    if given is not None:  # an empty name is the user's: parse_options refuses it by name
         return given
     defaults = registry().defaults(kind)
     if not defaults:
         names = registry().available(kind)
-        hint = f"choose one of: {', '.join(names)}" if names else f"install one (for example clkernel-{kind}s)"
+        hint = f"choose one of: {', '.join(names)}" if names else \
+            f"install one (pip install {' or '.join(sorted(FIRST_PARTY[kind]))})"
         raise UsageError(f"no {kind} given with --{kind} and no installed plugin provides a default {kind}; {hint}")
     return defaults[0]
 
@@ -257,30 +259,38 @@ def cmd_run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- entry point
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clkernel", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="clkernel", description=plain_text(__doc__.split("\n")[0]))
+    parser.add_argument("--version", action="version", version=f"clkernel {_version()}")
+    log_format = argparse.ArgumentParser(add_help=False)  # accepted before and after the subcommand
+    log_format.add_argument("--log-format", choices=("auto", "console", "json"), default=argparse.SUPPRESS,
+                            help="structured log format on stderr (default: console in a terminal, else json)")
     parser.add_argument("--log-format", choices=("auto", "console", "json"), default="auto",
                         help="structured log format on stderr (default: console in a terminal, else json)")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("plugins", help="list installed plugin distributions and what they register")
+    p = sub.add_parser("plugins", parents=[log_format],
+                       help="list installed plugin distributions and what they register")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
-    p = sub.add_parser("hooks", help="list the training events in firing order, then the registration hooks")
+    p = sub.add_parser("hooks", parents=[log_format],
+                       help="list the training events in firing order, then the registration hooks")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
-    p = sub.add_parser("show", help="show a component's summary and options")
+    p = sub.add_parser("show", parents=[log_format], help="show a component's summary and options")
     p.add_argument("kind", choices=list(KINDS))
     p.add_argument("name")
-    p = sub.add_parser("run", help="run a continual-learning experiment composed by names")
+    p = sub.add_parser("run", parents=[log_format], help="run a continual-learning experiment composed by names")
     p.add_argument("--config", help="TOML file with the same keys as these flags (flags override it)")
     p.add_argument("--benchmark", help="NAME[:key=value,...] (default: the installed default benchmark)")
     p.add_argument("--model", help="NAME[:key=value,...] (default: the installed default model)")
     for kind in ("plugin", "metric", "logger"):
         p.add_argument(f"--{kind}", action="append", default=[], help="NAME[:key=value,...], repeatable")
-    p.add_argument("--optimizer", choices=("sgd", "adam"))
-    p.add_argument("--lr", type=float)
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--mb-size", dest="mb_size", type=int)
-    p.add_argument("--eval-mb-size", dest="eval_mb_size", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--optimizer", choices=("sgd", "adam"), help=f"default: {RUN_KEYS['optimizer']}")
+    p.add_argument("--lr", type=float, help=f"learning rate (default: {RUN_KEYS['lr']})")
+    p.add_argument("--momentum", type=float, help=f"SGD momentum (default: {RUN_KEYS['momentum']})")
+    p.add_argument("--epochs", type=int, help=f"epochs per training experience (default: {RUN_KEYS['epochs']})")
+    p.add_argument("--mb-size", dest="mb_size", type=int,
+                   help=f"training minibatch size (default: {RUN_KEYS['mb_size']})")
+    p.add_argument("--eval-mb-size", dest="eval_mb_size", type=int,
+                   help=f"evaluation minibatch size (default: {RUN_KEYS['eval_mb_size']})")
+    p.add_argument("--seed", type=int, help=f"default: {RUN_KEYS['seed']}")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--output", help="run folder (default: runs/<time>-<benchmark>)")
     p.add_argument("--data-root", dest="data_root", help="dataset folder (default: $CLKERNEL_DATA or a cache)")
@@ -288,6 +298,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="a nan or inf training loss: raise (default) stops the run with exit code 1, naming the "
                         "experience, epoch, iteration and part of the loss; warn logs it and trains on")
     return parser
+
+
+def _version() -> str:
+    import clkernel
+
+    return clkernel.__version__
 
 
 COMMANDS = {"plugins": cmd_plugins, "hooks": cmd_hooks, "show": cmd_show, "run": cmd_run}

@@ -941,7 +941,7 @@ class RegistrationHooks:
     The registry runs each module's hooks once, when it is built (the first ``clkernel.load``, ``available`` or
     ``registry()`` call), in the order of :data:`REGISTRATION_HOOKS`. A module's components are added only if all
     its hooks succeed. A name of one kind registered by two entry points is unusable until one of them is
-    uninstalled or disabled (``CLKERNEL_DISABLE_PLUGINS``).
+    uninstalled or disabled (``CLKERNEL_DISABLE_PLUGINS``, by entry-point or distribution name).
     """
 
     @hookspec

@@ -188,3 +188,30 @@ def test_listing_commands_do_not_import_torch(args):
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip().splitlines()[-1] == "NO-TORCH", [
         line for line in result.stderr.splitlines() if "torch" in line][:5]
+
+
+def test_version_help_defaults_and_log_format_after_the_subcommand(capsys):
+    from clkernel.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"clkernel {clkernel_version()}"
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    help_text = capsys.readouterr().out
+    assert "learning rate (default: 0.01)" in help_text and "SGD momentum (default: 0.9)" in help_text
+    assert main(["hooks", "--log-format", "json"]) == 0 and "before_run(state)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "``" not in capsys.readouterr().out
+
+
+def test_an_empty_component_name_is_a_usage_error(site, tmp_path, run):
+    result = run(site, tmp_path, "--model", "")
+    assert result.returncode == 2 and "empty model name" in result.stderr
+
+
+def clkernel_version() -> str:
+    import clkernel
+
+    return clkernel.__version__

@@ -249,7 +249,8 @@ RANKS_SCRIPT = textwrap.dedent('''
     strategy = Strategy(model, torch.optim.SGD(model.parameters(), lr=0.1), plugins=[Probe()], train_mb_size=4,
                         device="cpu")
     clkernel.run(strategy, bench)
-    seen.update(rank=strategy.state.rank, world_size=strategy.state.world_size, files=[str(f) for f in strategy.close()])
+    files = [str(f) for f in strategy.close()]
+    seen.update(rank=strategy.state.rank, world_size=strategy.state.world_size, files=files)
     with open(os.path.join(sys.argv[1], f"rank{dist.get_rank()}.json"), "w") as f:
         json.dump(seen, f)
     dist.destroy_process_group()

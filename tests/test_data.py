@@ -100,7 +100,8 @@ def test_batched_path_returns_the_same_samples_as_per_item_indexing():
     bx, by, bt = ds.get_batch(idx)
     items = [ds[int(i)] for i in idx]
     assert torch.equal(bx, torch.stack([it[0] for it in items]))
-    assert torch.equal(by, torch.stack([it[1] for it in items])) and torch.equal(bt, torch.stack([it[2] for it in items]))
+    assert torch.equal(by, torch.stack([it[1] for it in items]))
+    assert torch.equal(bt, torch.stack([it[2] for it in items]))
     calls.clear()
     first_ten = a.subset(torch.arange(10))
     batches = list(iterate_minibatches(first_ten, 4, shuffle=False))
