@@ -8,23 +8,76 @@ from its signature) and imports that module only when called. A test checks that
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 from typing import Any, Callable
 
 import clkernel
 
-__all__ = ["BENCHMARKS", "core50", "permuted_mnist", "register_benchmarks", "rotated_mnist", "split_cifar10",
-           "split_cifar100", "split_digits", "split_fmnist", "split_mnist", "split_tinyimagenet"]
+__all__ = ["BENCHMARKS", "check_options", "core50", "permuted_mnist", "register_benchmarks", "rotated_mnist",
+           "split_cifar10", "split_cifar100", "split_digits", "split_fmnist", "split_mnist", "split_tinyimagenet"]
 
 #: A transform option: called on a normalised float batch ``(B, C, H, W)`` (in-memory benchmarks) or on one
 #: image ``(C, H, W)`` (file-backed ones).
 Transform = Callable[[Any], Any]
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Refuse the options of benchmark ``name`` that are wrong whatever the data, before any data is loaded or
+    downloaded: counts, seed, class order, rotations, transforms, the dataset root and the CORe50 scenario.
+
+    :raises ValueError: (``TypeError`` for a transform that is not callable) naming the benchmark, the option
+        and the value.
+    """
+    from clkernel.validate import positive_int
+
+    def fail(option: str, what: str) -> ValueError:
+        return ValueError(f"{name}: {option} must be {what}, got {options[option]!r}")
+
+    if options.get("n_experiences") is not None:
+        positive_int(options["n_experiences"], "n_experiences", name)
+    if options.get("seed") is not None and not _is_int(options["seed"]):
+        raise fail("seed", "an integer (or None)")
+    order = options.get("fixed_class_order")
+    if order is not None and (not isinstance(order, (list, tuple)) or not all(_is_int(c) and c >= 0 for c in order)
+                              or len(set(order)) != len(order)):
+        raise fail("fixed_class_order", "a list of distinct class ids (integers >= 0)")
+    rotations = options.get("rotations")
+    if rotations is not None and (not isinstance(rotations, (list, tuple)) or not all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) for r in rotations)):
+        raise fail("rotations", "a list of angles in degrees")
+    for option in ("download", "return_task_id", "class_ids_from_zero_in_each_exp", "object_level", "mini"):
+        if option in options and not isinstance(options[option], bool):
+            raise fail(option, "true or false")
+    for option in ("train_transform", "eval_transform"):
+        value = options.get(option)
+        if value is not None and not callable(value):
+            raise TypeError(f"{name}: {option} must be a callable (a transform given from Python; transforms have "
+                            f"no names on the command line), got {value!r}")
+    if "scenario" in options and options["scenario"] not in ("ni", "nc"):
+        raise fail("scenario", "'ni' or 'nc'")
+    root = options.get("dataset_root")
+    if root is not None and root != "":
+        if not isinstance(root, (str, os.PathLike)):
+            raise fail("dataset_root", "a folder")
+        folder = Path(root).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise FileNotFoundError(f"{name}: dataset_root {str(root)!r} is not a folder")
+        if not folder.exists() and options.get("download", True) is False:
+            raise FileNotFoundError(f"{name}: dataset_root {str(root)!r} does not exist (and download=false)")
+
+
 def _deferred(stub: Callable[..., Any]) -> Callable[..., Any]:
-    """A factory with ``stub``'s name, signature and docstring that calls ``classic.<name>``."""
+    """A factory with ``stub``'s name, signature and docstring that checks the options (:func:`check_options`)
+    and calls ``classic.<name>``."""
 
     @functools.wraps(stub)
     def factory(**options: Any) -> Any:
+        check_options(stub.__name__.replace("_", "-"), options)
         from clkernel_benchmarks import classic
 
         return getattr(classic, stub.__name__)(**options)

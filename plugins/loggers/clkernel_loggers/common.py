@@ -22,12 +22,17 @@ import torch
 
 from clkernel.names import MetricName, parse_metric_name
 
-__all__ = ["LoggerPathError", "default_run_dir", "flatten_config", "is_figure", "is_matrix", "is_vector",
+__all__ = ["LoggerPathError", "check_filename",
+           "default_run_dir", "flatten_config", "is_figure", "is_matrix", "is_vector",
            "metric_parts", "prepare_dir", "scalar", "to_jsonable", "versions", "write_atomic"]
 
 
-class LoggerPathError(OSError):
-    """A logger cannot write where it was asked to; raised when the logger is built, before any training."""
+class LoggerPathError(OSError, ValueError):
+    """A logger cannot write where it was asked to; raised when the logger is built, before any training.
+
+    Also a :class:`ValueError`: a path option that cannot be used is a bad option (``clkernel run`` reports it
+    as a usage error, exit code 2).
+    """
 
 
 _RUN_DIR: Path | None = None
@@ -59,6 +64,24 @@ def prepare_dir(path: str | os.PathLike[str] | None, who: str) -> Path:
                               f"{f' ({e.filename})' if e.filename and str(e.filename) != str(folder) else ''}"
                               ) from e
     return folder
+
+
+def check_filename(filename: Any, who: str, folder: Path, option: str = "filename") -> str:
+    """``filename`` if it is a plain file name (no folder part) that can be a file in ``folder``.
+
+    :raises ValueError: naming the logger, the option and the value, otherwise (a name with a folder part, an
+        empty name, ``.`` or ``..``, or the name of an existing folder in ``folder``).
+    """
+    if not isinstance(filename, str) or not filename.strip():
+        raise ValueError(f"{who}: {option} must be a file name, got {filename!r}")
+    if "/" in filename or os.sep in filename or (os.altsep and os.altsep in filename) or filename in (".", ".."):
+        raise ValueError(f"{who}: {option} must be a plain file name, written in the run folder (no folder "
+                         f"part), got {filename!r}")
+    if (folder / filename).is_dir():
+        raise ValueError(f"{who}: {option} {filename!r} is a folder in {str(folder)!r}")
+    if (folder / filename).exists() and not os.access(folder / filename, os.W_OK):
+        raise LoggerPathError(f"the {who} logger cannot write to {str(folder / filename)!r}: the file is read-only")
+    return filename
 
 
 def scalar(value: Any) -> float | None:

@@ -17,7 +17,7 @@ import clkernel
 from clkernel import TrainState
 
 from clkernel_loggers.common import (
-    is_figure, is_matrix, is_vector, metric_parts, prepare_dir, scalar, to_jsonable,
+    check_filename, is_figure, is_matrix, is_vector, metric_parts, prepare_dir, scalar, to_jsonable,
 )
 
 __all__ = ["CSV_COLUMNS", "CSVLogger", "JSONLLogger", "TextLogger"]
@@ -129,7 +129,7 @@ class JSONLLogger(_FileLogger):
 
     def __init__(self, run_dir: str | Path | None = None, filename: str = "metrics.jsonl") -> None:
         super().__init__(run_dir, "jsonl")
-        self.filename = filename
+        self.filename = check_filename(filename, "jsonl", self.run_dir)
 
     @clkernel.hookimpl
     def log_metrics(self, state: TrainState, values: dict[str, Any]) -> None:
@@ -155,7 +155,7 @@ class TextLogger(_FileLogger):
 
     def __init__(self, run_dir: str | Path | None = None, filename: str = "log.txt") -> None:
         super().__init__(run_dir, "text")
-        self.filename = filename
+        self.filename = check_filename(filename, "text", self.run_dir)
 
     @clkernel.hookimpl
     def log_metrics(self, state: TrainState, values: dict[str, Any]) -> None:

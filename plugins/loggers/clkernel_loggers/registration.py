@@ -47,7 +47,9 @@ def jsonl(run_dir: str | Path | None = None, filename: str = "metrics.jsonl") ->
 
 
 def tensorboard(run_dir: str | Path | None = None, config: dict | None = None, subdir: str = "tensorboard") -> Any:
-    """TensorBoard event files: scalars, matrices as images, the configuration as hparams."""
+    """TensorBoard event files in run_dir/subdir: scalars, matrices as images, the configuration as hparams."""
+    if not isinstance(subdir, str) or not subdir.strip() or Path(subdir).is_absolute() or ".." in Path(subdir).parts:
+        raise ValueError(f"tensorboard: subdir must be a folder name inside the run folder, got {subdir!r}")
     from clkernel_loggers.tensorboard import TensorBoardLogger
 
     return TensorBoardLogger(run_dir, config=config, subdir=subdir)

@@ -49,10 +49,21 @@ def loss(minibatch: bool = False, running_epoch: bool = False, epoch: bool = Tru
                                  experience=experience, stream=stream, every=every), name="loss")
 
 
-def top_k(k: int = 5, epoch: bool = True, experience: bool = True, stream: bool = True) -> Any:
-    """Top-k accuracy (topK_acc_*): the label is among the k largest outputs."""
+def top_k(k: int = 5, epoch: bool = True, experience: bool = True, stream: bool = True,
+          num_classes: int | None = None) -> Any:
+    """Top-k accuracy (topK_acc_*): the label is among the k largest outputs.
+
+    num_classes: the benchmark's class count (filled by clkernel run); k may not exceed it.
+    """
+    from clkernel.validate import positive_int
+
     from clkernel_metrics import Evaluator, TopKAccuracyMetrics
 
+    k = positive_int(k, "k", "top-k")
+    if num_classes is not None:
+        positive_int(num_classes, "num_classes", "top-k")
+        if k > num_classes:
+            raise ValueError(f"top-k: k must be at most the number of classes ({num_classes}), got {k}")
     return Evaluator(TopKAccuracyMetrics(k, epoch=epoch, experience=experience, stream=stream), name="top-k")
 
 
@@ -155,10 +166,20 @@ def disk(paths: str | list[str] | None = None, run_dir: str | Path | None = None
         if run_dir is None:
             raise ValueError("disk: give paths (folders to measure) or run_dir")
         folders: list[Any] = [run_dir]
-    elif isinstance(paths, str):
-        folders = [p for p in paths.split(os.pathsep) if p]
     else:
-        folders = list(paths)
+        if isinstance(paths, (str, os.PathLike)):
+            folders = [p for p in str(paths).split(os.pathsep) if p]
+        elif isinstance(paths, (list, tuple)) and all(isinstance(p, (str, os.PathLike)) for p in paths):
+            folders = list(paths)
+        else:
+            raise TypeError(f"disk: paths must be a folder, a list of folders or folders separated by "
+                            f"{os.pathsep!r}, got {paths!r}")
+        if not folders:
+            raise ValueError(f"disk: paths names no folder, got {paths!r}")
+        missing = [str(p) for p in folders if not os.path.exists(p)]
+        if missing:
+            raise FileNotFoundError(f"disk: paths: no such folder{'s' if len(missing) > 1 else ''}: "
+                                    f"{', '.join(repr(m) for m in missing)}")
     return Evaluator(disk_usage_metrics(folders, epoch=epoch, experience=experience, stream=stream), name="disk")
 
 

@@ -33,7 +33,7 @@ def test_every_name_builds_an_evaluator_plugin(tmp_path):
 def test_bad_options_are_named():
     reg = Registry()
     reg.add_module(registration, "metrics")
-    with pytest.raises(ValueError, match="top-k accuracy: k must be a positive integer"):
+    with pytest.raises(ValueError, match="top-k: k must be a positive integer"):
         reg.load("metric", "top-k", k=0)
     with pytest.raises(ValueError, match="max RAM: every must be a positive number, got 0"):
         reg.load("metric", "ram", every=0)
@@ -55,6 +55,8 @@ def test_cli_option_parsing_of_the_installed_entry_point(tmp_path):
         except Exception as e:  # noqa: BLE001
             pytest.skip(f"clkernel-metrics is not installed in this environment: {e}")
         assert parsed == ("accuracy", {"minibatch": True, "every": 5})
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
         paths = f"{tmp_path / 'a'}{os.pathsep}{tmp_path / 'b'}"
         name, options = parse_options("metric", f"disk:paths={paths}")
         assert options == {"paths": paths}

@@ -1,7 +1,8 @@
 """Registers this package's models with clkernel (entry point ``models``). Cheap to import: the model classes
 are imported by the factories.
 
-``clkernel run`` fills ``num_classes``, ``input_size``, ``in_channels`` and ``input_shape`` from the benchmark.
+``clkernel run`` fills ``num_classes``, ``input_size``, ``in_channels`` and ``input_shape`` from the benchmark, and
+``benchmark`` (the multi-task models refuse a benchmark without task labels).
 """
 
 from __future__ import annotations
@@ -20,13 +21,26 @@ def _check_image_shape(model: str, input_shape: tuple[int, ...] | None, in_chann
         return
     shape = tuple(input_shape)
     if len(shape) != 3:
-        raise ValueError(f"model {model!r} takes images (channels, height, width); the benchmark's input_shape is "
+        raise ValueError(f"{model}: takes images (channels, height, width); the benchmark's input_shape is "
                          f"{shape}: use simple-mlp")
     if shape[0] != in_channels:
-        raise ValueError(f"model {model!r}: in_channels={in_channels} but the benchmark's input_shape is {shape}")
+        raise ValueError(f"{model}: in_channels={in_channels} but the benchmark's input_shape is {shape}")
     if min(shape[1:]) < min_size:
-        raise ValueError(f"model {model!r} needs images of at least {min_size}x{min_size} pixels; the benchmark's "
+        raise ValueError(f"{model}: needs images of at least {min_size}x{min_size} pixels; the benchmark's "
                          f"input_shape is {shape}: use simple-mlp or slim-resnet18")
+
+
+def _require_task_labels(model: str, benchmark: Any) -> None:
+    """Refuse a benchmark whose training experiences (more than one) all carry task label 0: a multi-task model
+    needs task labels to pick its head / column. Nothing is checked without a benchmark (Python use)."""
+    stream = getattr(benchmark, "streams", {}).get("train") if benchmark is not None else None
+    if stream is None:
+        return
+    experiences = list(stream)
+    if len(experiences) > 1 and all(set(getattr(exp, "task_labels", [0])) <= {0} for exp in experiences):
+        which = getattr(benchmark, "name", "") or "the benchmark"
+        raise ValueError(f"{model}: needs a benchmark with task labels (e.g. split-digits:return_task_id=True); "
+                         f"all {len(experiences)} training experiences of {which} have task label 0")
 
 
 def simple_mlp(num_classes: int = 10, input_size: int = 784, hidden_size: int = 512, hidden_layers: int = 1,
@@ -64,7 +78,7 @@ def slim_resnet18(num_classes: int = 10, in_channels: int = 3, nf: int = 20,
 
 def mt_simple_mlp(num_classes: int | None = None, input_size: int = 784, hidden_size: int = 512,
                   hidden_layers: int = 1, drop_rate: float = 0.5, masking: bool = True,
-                  unseen_task: str = "fallback") -> Any:
+                  unseen_task: str = "fallback", benchmark: Any = None) -> Any:
     """The simple MLP with one classifier head per task label (multi-head; needs task labels).
 
     :param num_classes: units of each new head (they grow with their task's classes; default 2).
@@ -74,12 +88,14 @@ def mt_simple_mlp(num_classes: int | None = None, input_size: int = 784, hidden_
     """
     from clkernel_models.models import MTSimpleMLP
 
+    _require_task_labels("mt-simple-mlp", benchmark)
+
     return MTSimpleMLP(num_classes, input_size, hidden_size, hidden_layers, drop_rate, masking=masking,
                        unseen_task=unseen_task)
 
 
 def mt_simple_cnn(num_classes: int | None = None, in_channels: int = 3, input_shape: tuple[int, ...] | None = None,
-                  masking: bool = True, unseen_task: str = "fallback") -> Any:
+                  masking: bool = True, unseen_task: str = "fallback", benchmark: Any = None) -> Any:
     """The simple CNN with one classifier head per task label (multi-head; needs task labels).
 
     :param num_classes: units of each new head (they grow with their task's classes; default 2).
@@ -90,6 +106,7 @@ def mt_simple_cnn(num_classes: int | None = None, in_channels: int = 3, input_sh
     from clkernel_models.models import SIMPLE_CNN_MIN_SIZE, MTSimpleCNN
 
     _check_image_shape("mt-simple-cnn", input_shape, in_channels, SIMPLE_CNN_MIN_SIZE)
+    _require_task_labels("mt-simple-cnn", benchmark)
     return MTSimpleCNN(num_classes, in_channels, masking=masking, unseen_task=unseen_task)
 
 

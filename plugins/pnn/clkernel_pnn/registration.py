@@ -11,9 +11,22 @@ import clkernel
 __all__ = ["pnn", "register_models"]
 
 
+def _require_task_labels(model: str, benchmark: Any) -> None:
+    """Refuse a benchmark whose training experiences (more than one) all carry task label 0: a multi-task model
+    needs task labels to pick its head / column. Nothing is checked without a benchmark (Python use)."""
+    stream = getattr(benchmark, "streams", {}).get("train") if benchmark is not None else None
+    if stream is None:
+        return
+    experiences = list(stream)
+    if len(experiences) > 1 and all(set(getattr(exp, "task_labels", [0])) <= {0} for exp in experiences):
+        which = getattr(benchmark, "name", "") or "the benchmark"
+        raise ValueError(f"{model}: needs a benchmark with task labels (e.g. split-digits:return_task_id=True); "
+                         f"all {len(experiences)} training experiences of {which} have task label 0")
+
+
 def pnn(num_layers: int = 1, in_features: int | None = None, hidden_features_per_column: int = 100,
         adapter: str = "mlp", drop_rate: float = 0.0, masking: bool = True, unseen_task: str = "fallback",
-        input_size: int | None = None, num_classes: int | None = None) -> Any:
+        input_size: int | None = None, num_classes: int | None = None, benchmark: Any = None) -> Any:
     """Progressive Neural Network: one column per task, lateral adapters from earlier columns, old columns frozen.
 
     Needs task labels (task-incremental benchmarks), one task per training experience. Rusu et al., 2016,
@@ -28,11 +41,13 @@ def pnn(num_layers: int = 1, in_features: int | None = None, hidden_features_per
     :param unseen_task: a task met at evaluation before training gets all-zero outputs with a warning
         (``fallback``) or stops the run (``error``).
     :param num_classes: units of each task head (the benchmark's ``num_classes``; heads grow if needed).
+    :param benchmark: filled by ``clkernel run``: refused when its training experiences have no task labels.
     """
     from clkernel_pnn.pnn import PNN
 
+    _require_task_labels("pnn", benchmark)
     if in_features is not None and input_size is not None and in_features != input_size:
-        raise ValueError(f"model 'pnn': in_features={in_features} does not match the benchmark's input size "
+        raise ValueError(f"pnn: in_features={in_features} does not match the benchmark's input size "
                          f"({input_size} values per sample)")
     return PNN(num_layers, in_features or input_size or 784, hidden_features_per_column, adapter,
                num_classes=num_classes, drop_rate=drop_rate, masking=masking, unseen_task=unseen_task)

@@ -10,7 +10,7 @@ import structlog
 import torch
 
 import clkernel
-from clkernel import CLDataset, Experience, Naive
+from clkernel import Benchmark, CLDataset, Experience, Naive, Stream
 from clkernel.discovery import Registry
 from clkernel_models import UnknownTaskError
 from clkernel_pnn import PNN, registration
@@ -221,3 +221,19 @@ def test_new_columns_follow_the_dtype_the_model_was_moved_to(clusters):
     assert model.num_columns == 2 and all(p.dtype == torch.float64 for p in model.parameters())
     x, t = torch.randn(4, 6, dtype=torch.float64), torch.tensor([1, 0, 1, 0])
     assert model(x, t).dtype == torch.float64
+
+
+def test_the_registered_model_refuses_a_benchmark_without_task_labels(clusters):
+    """`clkernel run` passes the benchmark: a class-incremental one (task label 0 everywhere) fails at build."""
+    reg = Registry()
+    reg.add_module(registration, "pnn")
+    assert "benchmark" in reg.get("model", "pnn").options()
+    task_il = clusters()
+    class_il = Benchmark({name: Stream(name, [Experience(e.index, e.dataset.with_attribute(
+        "task_labels", torch.zeros(len(e.dataset), dtype=torch.long))) for e in stream])
+        for name, stream in task_il.streams.items()}, name="clusters-class-il")
+    with pytest.raises(ValueError, match=r"^pnn: needs a benchmark with task labels \(e\.g\. "
+                                         r"split-digits:return_task_id=True\); all 3 training experiences of "
+                                         r"clusters-class-il have task label 0$"):
+        reg.load("model", "pnn", benchmark=class_il, input_size=6)
+    assert reg.load("model", "pnn", benchmark=task_il, input_size=6).in_features == 6
