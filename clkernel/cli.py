@@ -1,30 +1,36 @@
 """The ``clkernel`` command: list plugins and events, show a component, run a continual-learning experiment.
 
-Exit codes: 0 done, 2 usage error (bad name, option or value: the message names it and the valid choices),
-1 failure during the run.
+Exit codes: 0 done; 2 usage error (bad name, option or value: the message names it and the valid choices; nothing
+is created); 1 failure during the run (one line on the console, the traceback in the run folder's
+``events.jsonl``); 130 interrupted by Ctrl-C (SIGINT); 143 terminated by SIGTERM. An interrupted or terminated run
+is closed first: the plugins' ``after_run`` fires and ``results.json`` says ``interrupted``.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import os
 import random
+import re
+import signal
 import sys
 import time
-import tomllib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
-from clkernel.discovery import FIRST_PARTY, KINDS, RegistryError, parse_options, registry
+from clkernel.config import RUN_KEYS, UsageError, check_component, resolve_run_config
+from clkernel.discovery import FIRST_PARTY, KINDS, RegistryError, registry
 from clkernel.hookspecs import (
     EVENTS, REGISTRATION_FREQUENCY, REGISTRATION_HOOKS, SPEC, RegistrationHooks, TrainingEvents, plain_text,
     spec_arguments, spec_summary,
 )
 from clkernel.log import configure_logging, get_logger
 
-__all__ = ["CONTEXT_PARAMETERS", "UsageError", "cmd_hooks", "cmd_plugins", "cmd_run", "cmd_show", "main"]
+__all__ = ["CONTEXT_PARAMETERS", "EXIT_FAILED", "EXIT_SIGINT", "EXIT_SIGTERM", "EXIT_USAGE", "RUNS_FOLDER", "Terminated",
+           "UsageError", "cmd_hooks", "cmd_plugins", "cmd_run", "cmd_show", "main"]
 
 log = get_logger("clkernel")
 
@@ -32,9 +38,15 @@ log = get_logger("clkernel")
 CONTEXT_PARAMETERS = ("num_classes", "input_size", "input_shape", "in_channels", "run_dir", "config", "benchmark",
                       "seed", "device", "dataset_root")
 
+#: Exit codes besides 0.
+EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
+#: Where default run folders go: ``runs/<YYYYmmdd-HHMMSS>-<benchmark>[-N]``, relative to the working directory.
+RUNS_FOLDER = Path("runs")
 
-class UsageError(Exception):
-    """Bad command-line input: exit code 2."""
+
+class Terminated(KeyboardInterrupt):
+    """Raised by ``clkernel run``'s SIGTERM handler: like Ctrl-C, it closes the run (``after_run`` fires, the
+    outcome is ``interrupted``), then the command exits with code 143."""
 
 
 # ---------------------------------------------------------------------- plugins, hooks, show
@@ -105,65 +117,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- run
 
-RUN_KEYS = {"benchmark": None, "model": None, "plugin": [], "metric": [], "logger": [], "optimizer": "sgd",
-            "lr": 0.01, "momentum": 0.9, "epochs": 1, "mb_size": 32, "eval_mb_size": 256, "seed": 0,
-            "device": None, "output": None, "data_root": None, "on_nonfinite": "raise"}
-
-
-CONFIG_ALIASES = {"plugins": "plugin", "metrics": "metric", "loggers": "logger"}
-
-
-def _resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults, overridden by the ``--config`` file, overridden by flags."""
-    config = {k: (list(v) if isinstance(v, list) else v) for k, v in RUN_KEYS.items()}
-    if args.config:
-        try:
-            data = tomllib.loads(Path(args.config).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise UsageError(f"cannot read config file {args.config}: {e}") from None
-        for key, value in data.items():
-            key = key.replace("-", "_")
-            key = CONFIG_ALIASES.get(key, key)
-            if key not in RUN_KEYS:
-                raise UsageError(f"config file {args.config}: unknown key {key!r}; keys: {', '.join(RUN_KEYS)}")
-            if isinstance(RUN_KEYS[key], list) and not isinstance(value, list):
-                value = [value]
-            config[key] = value
-    for key in RUN_KEYS:
-        value = getattr(args, key)
-        if value is not None and value != []:
-            config[key] = value
-    for key, kind in (("epochs", int), ("mb_size", int), ("eval_mb_size", int), ("seed", int), ("lr", float),
-                      ("momentum", float)):
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-            raise UsageError(f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-    for key in ("epochs", "mb_size", "eval_mb_size"):
-        if config[key] < 1:
-            raise UsageError(f"--{key.replace('_', '-')} must be a positive integer, got {config[key]!r}")
-    if not math.isfinite(config["lr"]) or config["lr"] <= 0:
-        raise UsageError(f"--lr must be a positive number, got {config['lr']!r}")
-    if config["optimizer"] not in ("sgd", "adam"):
-        raise UsageError(f"--optimizer must be sgd or adam, got {config['optimizer']!r}")
-    if config["on_nonfinite"] not in ("raise", "warn"):
-        raise UsageError(f"--on-nonfinite must be raise or warn, got {config['on_nonfinite']!r}")
-    return config
-
-
-def _component_spec(kind: str, spec: Any) -> tuple[str, dict[str, Any]]:
-    """A ``"name:k=v"`` string or a config table ``{name = ..., k = v}`` -> (name, options)."""
-    if isinstance(spec, dict):
-        options = dict(spec)
-        name = options.pop("name", None)
-        if not name:
-            raise UsageError(f"a {kind} table in the config needs a 'name' key, got {spec}")
-        return registry().get(kind, name).name, options
-    return parse_options(kind, str(spec))
-
-
 def _build(kind: str, spec: Any, context: dict[str, Any], used: dict[str, str]) -> Any:
     """Build one component, filling context parameters the user left out; record it in ``used``."""
-    name, options = _component_spec(kind, spec)
+    name, options = check_component(kind, spec)
     comp = registry().get(kind, name)
     for param in comp.options():
         if param in context and param not in options and context[param] is not None:
@@ -201,55 +157,177 @@ def _default(kind: str, given: Any) -> Any:
     return defaults[0]
 
 
+def _check_output_folder(output: str | None, overwrite: bool) -> None:
+    """Refuse, before anything is built, an ``--output`` folder that holds anything, unless ``--overwrite``."""
+    if output is None:
+        if overwrite:
+            raise UsageError("--overwrite applies only with --output DIR (default run folders are always new)")
+        return
+    path = Path(output)
+    if path.is_dir() and not overwrite and any(path.iterdir()):
+        raise UsageError(f"--output {output} is not empty; pass --overwrite to write into it (files of the same "
+                         f"name are replaced, others are kept), or give a new folder")
+
+
+def _make_run_folder(output: str | None, benchmark: str, overwrite: bool) -> tuple[Path, list[Path]]:
+    """Create the run folder: ``output``, or ``runs/<YYYYmmdd-HHMMSS>-<benchmark>`` made with an exclusive
+    ``mkdir`` (``-2``, ``-3``... added on collision), so that runs started together never share a folder.
+
+    :returns: the folder, and the folders this call created (the run folder, then the parents it created), for
+        the caller to remove if a later check fails.
+    """
+    if output is not None:
+        path = Path(output)
+        new = [p for p in (path, *path.parents) if not os.path.lexists(p)]
+        try:
+            path.mkdir(parents=True)
+            return path, new
+        except FileExistsError:
+            _check_output_folder(output, overwrite)  # again: another process may have written there since
+            return path, []
+        except OSError as e:
+            raise UsageError(f"--output {output}: cannot create it: {e.strerror or e}") from None
+    RUNS_FOLDER.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', benchmark).strip('_') or 'run'}"
+    for n in range(1, 10_000):
+        path = RUNS_FOLDER / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            path.mkdir()
+            return path, [path]
+        except FileExistsError:
+            continue
+    raise UsageError(f"cannot find a free run folder name {RUNS_FOLDER / stem}-N")
+
+
+def _dry_check(model: Any, model_name: str, benchmark: Any) -> None:
+    """One forward pass of the model, in eval mode and without gradients, on the first training sample: a model
+    that cannot take the benchmark's inputs, or gives fewer outputs than the benchmark has classes, is a usage
+    error, found before anything is created. Skipped for models with dynamic modules (their structure follows
+    the experiences)."""
+    import torch
+
+    from clkernel.data import iterate_minibatches
+    from clkernel.modules import DynamicModule, eval_mode, model_forward
+
+    if any(isinstance(m, DynamicModule) for m in model.modules()):
+        return
+    x, _, t = next(iter(iterate_minibatches(benchmark.streams["train"][0].dataset.train(), 1, shuffle=False)))
+    param = next(model.parameters(), None)
+    if param is not None and isinstance(x, torch.Tensor):
+        x, t = x.to(param.device), t.to(param.device)
+    shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else type(x).__name__
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model_forward(model, x, t)
+    except Exception as e:  # noqa: BLE001 - any failure here is the model and the data not fitting
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(f"model {model_name} cannot take the inputs of benchmark {benchmark.name or '(unnamed)'} "
+                         f"(one sample of shape {shape}): {first}") from None
+    classes = benchmark.num_classes
+    if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] < classes:
+        raise UsageError(f"model {model_name} gives {out.shape[1]} outputs but the benchmark has {classes} classes"
+                         f" (set its num_classes option, or leave it out so that clkernel run fills it)")
+
+
+def _needs_run_dir(kind: str, spec: Any) -> bool:
+    """Whether the component's factory takes ``run_dir`` and the user left it out: it is built once the run
+    folder exists."""
+    name, options = check_component(kind, spec)
+    return "run_dir" in registry().get(kind, name).options() and "run_dir" not in options
+
+
+def _missing_warning(kind: str, dist: str, what: str) -> None:
+    if registry().available(kind):
+        log.warning(f"no_{kind}", message=f"no {kind} given with --{kind} and no installed plugin provides a "
+                    f"default {kind}; {what}")
+    else:
+        log.warning(f"no_{kind}", message=f"no {kind} installed: pip install {dist}; {what}")
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated("SIGTERM")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    """Check everything (config, components, one forward pass), then create the run folder, then run."""
     import torch
 
     import clkernel
     from clkernel.loop import NonFiniteLossError, Strategy, run
 
-    config = _resolve_config(args)
+    config = resolve_run_config(args)
+    overwrite = bool(getattr(args, "overwrite", False))
+    _check_output_folder(config["output"], overwrite)
     config["benchmark"] = _default("benchmark", config["benchmark"])
     config["model"] = _default("model", config["model"])
     config["metric"] = config["metric"] or registry().defaults("metric")
     config["logger"] = config["logger"] or registry().defaults("logger")
     device = torch.device(config["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
-    bench_name = str(config["benchmark"]).split(":")[0] if not isinstance(config["benchmark"], dict) \
-        else config["benchmark"].get("name", "run")
-    run_dir = Path(config["output"] or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{bench_name}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config["output"], config["device"] = str(run_dir), str(device)
+    config["device"] = str(device)
 
     _seed_everything(config["seed"])
-    context: dict[str, Any] = {"run_dir": run_dir, "config": config, "seed": config["seed"], "device": device,
+    context: dict[str, Any] = {"config": config, "seed": config["seed"], "device": device,
                                "dataset_root": config["data_root"]}
     used: dict[str, str] = {}
     benchmark = _build("benchmark", config["benchmark"], context, used)
+    bench_name = next(k for k in used if k.startswith("benchmark:")).split(":", 1)[1]
     shape = benchmark.input_shape
     context.update(benchmark=benchmark, num_classes=benchmark.num_classes, input_shape=shape,
                    input_size=math.prod(shape), in_channels=shape[0] if shape else 1)
+    config["data_root"] = (benchmark.info.get("dataset_root") or config["data_root"]
+                           or os.environ.get("CLKERNEL_DATA") or None)
     model = _build("model", config["model"], context, used)
-    plugins = [_build("plugin", p, context, used) for p in config["plugin"]]
-    metrics = [_build("metric", m, context, used) for m in config["metric"]]
-    loggers = [_build("logger", lg, context, used) for lg in config["logger"]]
+    _dry_check(model, next(k for k in used if k.startswith("model:")).split(":", 1)[1], benchmark)
+    # plugins and metrics that write into the run folder are built once it exists; the others now
+    early: dict[tuple[str, int], Any] = {}
+    for kind in ("plugin", "metric"):
+        for i, spec in enumerate(config[kind]):
+            if not _needs_run_dir(kind, spec):
+                early[kind, i] = _build(kind, spec, context, used)
+    for spec in config["logger"]:
+        check_component("logger", spec)  # names and options checked before the folder is created
+
+    run_dir, created = _make_run_folder(config["output"], bench_name, overwrite)
+    config["output"] = context["run_dir"] = run_dir
+    try:
+        built = {kind: [early[kind, i] if (kind, i) in early else _build(kind, spec, context, used)
+                        for i, spec in enumerate(config[kind])] for kind in ("plugin", "metric")}
+        loggers = [_build("logger", lg, context, used) for lg in config["logger"]]
+    except BaseException:
+        for folder in created:  # a factory refused: leave nothing behind (only empty folders go)
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    config["output"] = str(run_dir)
+    configure_logging(args.log_format, log_file=run_dir / "events.jsonl")
+    if not config["metric"]:
+        _missing_warning("metric", "clkernel-metrics", "the run computes no accuracy (results stay empty)")
+    if not config["logger"]:
+        _missing_warning("logger", "clkernel-loggers", "nothing is saved: the final results are printed here")
     if config["optimizer"] == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"])
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    strategy = Strategy(model, optimizer, torch.nn.CrossEntropyLoss(), plugins=[*plugins, *metrics, *loggers],
+    strategy = Strategy(model, optimizer, torch.nn.CrossEntropyLoss(),
+                        plugins=[*built["plugin"], *built["metric"], *loggers],
                         train_mb_size=config["mb_size"], train_epochs=config["epochs"],
                         eval_mb_size=config["eval_mb_size"], device=device, eval_every=0,
                         on_nonfinite=config["on_nonfinite"])
     log.info("run_start", kernel=clkernel.__version__, components=used, seed=config["seed"], device=str(device),
-             run_dir=str(run_dir))
+             run_dir=str(run_dir), data_root=config["data_root"])
     try:
         results = run(strategy, benchmark, eval_streams=("test",))
     except NonFiniteLossError as e:  # diverged: the message says where and what; a traceback would add nothing
-        log.error("run_failed", error=str(e))
-        return 1
+        log.error("run_failed", error=str(e), run_dir=str(run_dir))
+        return EXIT_FAILED
     files = strategy.close()
     summary = {k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v) for k, v in results.items()
                if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)}
     log.info("run_end", run_dir=str(run_dir), results=summary)
+    if not config["logger"]:
+        print(f"final results: {json.dumps(summary, default=str)}")
     print(f"run finished; results in {run_dir}")
     for path in files:
         print(f"  {path}")
@@ -258,15 +336,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- entry point
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clkernel", description=plain_text(__doc__.split("\n")[0]))
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``clkernel run: error: ...``, exit 2, no usage block) and no abbreviated
+    options (``--epoch`` is not silently ``--epochs``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.option_names: list[str] = []  # for a did-you-mean on an unknown option
+        self.commands: dict[str, _Parser] = {}
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
+        self.option_names += [a for a in args if a.startswith("-")]
+        return super().add_argument(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="clkernel", description=plain_text(__doc__.split("\n")[0]))
     parser.add_argument("--version", action="version", version=f"clkernel {_version()}")
-    log_format = argparse.ArgumentParser(add_help=False)  # accepted before and after the subcommand
+    log_format = _Parser(add_help=False)  # accepted before and after the subcommand
     log_format.add_argument("--log-format", choices=("auto", "console", "json"), default=argparse.SUPPRESS,
                             help="structured log format on stderr (default: console in a terminal, else json)")
     parser.add_argument("--log-format", choices=("auto", "console", "json"), default="auto",
                         help="structured log format on stderr (default: console in a terminal, else json)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("plugins", parents=[log_format],
                        help="list installed plugin distributions and what they register")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
@@ -292,11 +387,16 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"evaluation minibatch size (default: {RUN_KEYS['eval_mb_size']})")
     p.add_argument("--seed", type=int, help=f"default: {RUN_KEYS['seed']}")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--output", help="run folder (default: runs/<time>-<benchmark>)")
+    p.add_argument("--output", help="run folder (default: a new runs/<YYYYmmdd-HHMMSS>-<benchmark>[-N]); an "
+                   "existing folder must be empty, unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --output be a folder that holds files: the run writes into it, replacing files of "
+                        "the same name and keeping the others")
     p.add_argument("--data-root", dest="data_root", help="dataset folder (default: $CLKERNEL_DATA or a cache)")
     p.add_argument("--on-nonfinite", dest="on_nonfinite", choices=("raise", "warn"),
                    help="a nan or inf training loss: raise (default) stops the run with exit code 1, naming the "
                         "experience, epoch, iteration and part of the loss; warn logs it and trains on")
+    parser.commands = dict(sub.choices)
     return parser
 
 
@@ -310,22 +410,38 @@ COMMANDS = {"plugins": cmd_plugins, "hooks": cmd_hooks, "show": cmd_show, "run":
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named after the subcommand, with the nearest option
+        command = parser.commands[args.command]
+        hint = difflib.get_close_matches(extra[0], command.option_names + parser.option_names, n=1)
+        parser.exit(2, f"clkernel {args.command}: error: unrecognized arguments: {' '.join(extra)}"
+                       + (f"; did you mean {hint[0]}?" if hint else "") + "\n")
     configure_logging(args.log_format)
+    previous = None
+    if args.command == "run":  # SIGTERM closes the run as Ctrl-C does (the main thread only can set handlers)
+        try:
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:
+            previous = None
     try:
         return COMMANDS[args.command](args)
     except (UsageError, RegistryError) as e:
         print(f"clkernel {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except BrokenPipeError:  # stdout closed early (`clkernel hooks | head`): not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
         return 0
-    except KeyboardInterrupt:
-        log.error("interrupted", command=args.command)
-        return 1
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        log.error("interrupted", command=args.command, signal="SIGTERM" if terminated else "SIGINT")
+        return EXIT_SIGTERM if terminated else EXIT_SIGINT
     except Exception as e:  # noqa: BLE001 - the command reports any failure as exit code 1
         log.exception("run_failed" if args.command == "run" else "command_failed", error=f"{type(e).__name__}: {e}")
-        return 1
+        return EXIT_FAILED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -883,7 +883,9 @@ class TrainingEvents:
             As the last event left it: after a failure in training, possibly mid-epoch (a failed evaluation
             restores the training fields first). It fires once,
             and only when :func:`before_run` fired (the strategy trained or evaluated); ``state.rank`` says
-            which rank this is.
+            which rank this is. ``state.outcome`` says how the run ended (``"completed"``, ``"failed"`` or
+            ``"interrupted"``: Ctrl-C, or SIGTERM under ``clkernel run``) and ``state.error`` names the
+            exception (``"Type: message"``), None when completed.
         May set:
             Nothing to set. Close what the plugin opened (files, writers, threads) and write its final outputs.
             It fires on every rank: a logger that opened nothing (not rank 0) has nothing to close.

@@ -70,7 +70,10 @@ class Strategy:
     :raises CompositionError: when a plugin cannot be composed (see :func:`clkernel.dispatch.compose`).
 
     The rank and world size come from ``torch.distributed`` when a process group is initialised.
-    Use ``with strategy:`` (or call :meth:`close`) so that :func:`after_run` fires and files are closed.
+    Use ``with strategy:`` (or call :meth:`close`) so that :func:`after_run` fires and files are closed; leaving
+    the ``with`` block on an exception sets ``state.outcome`` to ``"failed"`` (``"interrupted"`` for a
+    ``KeyboardInterrupt``) and ``state.error`` first, and :meth:`close` sets a ``"running"`` outcome to
+    ``"completed"``.
     """
 
     def __init__(
@@ -157,6 +160,8 @@ class Strategy:
         if self._closed:
             return list(self._output_files)
         self._closed = True
+        if self.state.outcome == "running":
+            self.state.outcome = "completed"
         if not self._started:
             return []
         try:
@@ -169,7 +174,9 @@ class Strategy:
     def __enter__(self) -> Strategy:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is not None and self.state.outcome == "running":
+            self.state.outcome, self.state.error = _outcome_of(exc)
         self.close()
 
     # ------------------------------------------------------------------ training
@@ -389,6 +396,8 @@ def run(strategy: Strategy, benchmark: Benchmark, *, train_stream: str = "train"
     """Train ``strategy`` on every experience of ``benchmark``'s ``train_stream`` and evaluate its
     ``eval_streams`` as ``strategy.eval_every`` says (default: after each experience, and before the first when
     a plugin asks); then close the strategy (:func:`after_run`, also on error). What ``clkernel run`` does.
+    Before :func:`after_run` fires, ``strategy.state.outcome`` says how the run ended (``"completed"``,
+    ``"failed"`` or ``"interrupted"``) and ``strategy.state.error`` names the exception, so that loggers record it.
 
     :param eval_streams: names of streams of ``benchmark`` (``"test"``, ``"valid"``...); one name may be given
         as a string.
@@ -401,6 +410,13 @@ def run(strategy: Strategy, benchmark: Benchmark, *, train_stream: str = "train"
     streams = [_named_stream(benchmark, name) for name in (train_stream, *names)]
     with strategy:
         return strategy.train(streams[0], eval_streams=streams[1:])
+
+
+def _outcome_of(exc: BaseException) -> tuple[str, str]:
+    """``("interrupted" | "failed", "ExceptionType: message")`` for the exception that ended a run."""
+    kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    message = str(exc)
+    return kind, f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 class _EpochLoader:

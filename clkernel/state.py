@@ -60,6 +60,13 @@ class TrainState:
     #: Distributed rank and world size (0 and 1 in one process), from ``torch.distributed`` when initialised.
     rank: int = 0
     world_size: int = 1
+    #: How the run stands: ``"running"`` until it ends, then, when :func:`after_run` fires, ``"completed"``,
+    #: ``"failed"`` (an exception ended it: ``error`` says which) or ``"interrupted"`` (``KeyboardInterrupt``, or
+    #: any subclass of it such as the one ``clkernel run`` raises on SIGTERM). Set by ``clkernel.run``,
+    #: ``with strategy:`` and ``strategy.close()`` (which, called on its own, counts the run as completed).
+    outcome: str = "running"
+    #: ``"ExceptionType: message"`` of what ended a failed or interrupted run, else None.
+    error: str | None = None
     _emit: Callable[[TrainState, dict[str, Any]], None] | None = field(default=None, repr=False, alias="emit")
 
     @property

@@ -403,7 +403,8 @@ def test_cli_run_on_nonfinite_warn_trains_on_and_exits_0(install_dist, tmp_path,
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     warnings = [e for e in events if e["event"] == "nonfinite_loss"]
     assert warnings and warnings[0]["experience"] == 0 and warnings[0]["part"] == "criterion"
-    assert events[-1]["event"] == "run_end"
+    logged = [json.loads(line) for line in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    assert logged[-1]["event"] == "run_end"  # every event is in the run folder's file; warnings on stderr too
     bad = clkernel_run(site, tmp_path, "--on-nonfinite", "ignore")
     assert bad.returncode == 2 and "invalid choice: 'ignore'" in bad.stderr
 

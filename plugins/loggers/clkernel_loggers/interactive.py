@@ -8,10 +8,20 @@ third-party metric logging names of the scheme (:mod:`clkernel.names`) appears l
   those 0-d tensors into numbers only then;
 * the evaluation bar's postfix: the ``QUANTITY_exp/eval/STREAM/expNNN`` values of the last evaluated experience
   (``exp=1, acc=0.9712, loss=0.0874``);
-* a line per epoch: its ``*_epoch/train/*`` values (else its last running values), iterations and seconds;
 * a line per trained experience: the ``*_epoch`` values of its last epoch and its ``*_exp/train/*`` values;
 * a line per evaluation: the ``*_stream`` and ``*_exp_mean`` values of the evaluated stream, and ``acc_exp`` of
-  each of its experiences.
+  each of its experiences;
+* without bars only (output not a terminal), a line per epoch: its ``*_epoch/train/*`` values (else its last
+  running values), iterations and seconds. In a terminal the epoch is the bar's, which goes away: ``--epochs
+  200`` keeps one line per experience, not 200;
+* at the end of the run (``after_run``), a summary table per evaluated stream, from its last evaluation: the
+  scalar ``*_stream`` values (``acc``, ``forgetting``, ``bwt``... whatever was received), the accuracy on each
+  experience after the last trained one (the last row of ``accuracy_matrix_stream/eval/STREAM``, else the
+  ``acc_exp/eval/STREAM/expNNN`` values), the wall time, and the run folder when the logger was given one
+  (``run_dir``, filled by ``clkernel run``).
+
+The evaluation bar counts the minibatches of the experience being evaluated (it starts again at each experience,
+named in its description), so it ends at n/n.
 
 Values for a task or a class (``.../taskNNN``, ``.../classNNN``), non-scalars and names outside the scheme are not
 shown (other loggers write them).
@@ -22,12 +32,13 @@ value: other ranks never receive one, so they stay silent. On rank 0 the first t
 running value (at the iteration it arrives, counting from there to the end of the epoch); once a value has been
 received, bars open when their epoch or evaluation starts. A run with no metric at all shows nothing.
 
-When the output is not a terminal there are no bars, only the lines.
+When the output is not a terminal there are no bars, only plain lines.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import sys
 import time
@@ -35,8 +46,7 @@ from typing import IO, Any
 
 import clkernel
 from clkernel import TrainState
-
-from clkernel_loggers.common import metric_parts, scalar
+from clkernel_loggers.common import is_matrix, metric_parts, scalar
 
 __all__ = ["REFRESH_S", "InteractiveLogger"]
 
@@ -45,18 +55,21 @@ REFRESH_S = 0.5
 
 
 class InteractiveLogger:
-    """A progress bar per training epoch and per evaluation, showing the values received, and a summary line per
-    epoch, training experience and evaluation; plain lines when the output is not a terminal.
+    """A progress bar per training epoch and per evaluated experience, showing the values received; a line per
+    trained experience and per evaluation; a summary table at the end of the run. Plain lines, a line per epoch
+    too, when the output is not a terminal.
 
     :param stream: ``stderr`` or ``stdout``.
     :param bars: force the bars on or off; by default they are on when the output is a terminal.
     :param file: write there instead of ``stream`` (any text file object).
+    :param run_dir: the run folder, named at the end of the summary (``clkernel run`` fills it).
     :raises ValueError: for another ``stream``.
     """
 
     name = "interactive"
 
-    def __init__(self, stream: str = "stderr", bars: bool | None = None, file: IO[str] | None = None) -> None:
+    def __init__(self, stream: str = "stderr", bars: bool | None = None, file: IO[str] | None = None,
+                 run_dir: str | os.PathLike[str] | None = None) -> None:
         if stream not in ("stderr", "stdout"):
             raise ValueError(f"interactive logger: stream must be 'stderr' or 'stdout', got {stream!r}")
         self.file = file if file is not None else (sys.stderr if stream == "stderr" else sys.stdout)
@@ -64,6 +77,7 @@ class InteractiveLogger:
             isatty = getattr(self.file, "isatty", None)
             bars = bool(isatty and isatty())
         self.bars = bars
+        self.run_dir = run_dir
         self._active = False  # a value was received: this process displays (rank 0)
         self._bar: Any = None
         self._next_refresh = 0.0
@@ -71,8 +85,11 @@ class InteractiveLogger:
         self._epoch: dict[str, Any] = {}  # QUANTITY_epoch -> value, this epoch
         self._exp: dict[str, Any] = {}  # QUANTITY_epoch / QUANTITY_exp -> value, this training experience
         self._eval: dict[str, Any] = {}  # name -> value, this evaluation
+        self._evaluating = 0  # evaluations under way (one inside an epoch is nested)
         self._saved: list[tuple[Any, dict[str, Any], float]] = []  # what an evaluation interrupts
+        self._last: dict[str, dict[str, Any]] = {}  # stream -> name -> value, its last evaluation
         self._epoch_start = self._exp_start = self._eval_start = 0.0
+        self._run_start = time.perf_counter()
 
     # ------------------------------------------------------------------ output
 
@@ -81,6 +98,13 @@ class InteractiveLogger:
             self._bar.write(line, file=self.file)
         else:
             print(line, file=self.file, flush=True)
+
+    def _width(self) -> int:
+        if self.bars:
+            columns = shutil.get_terminal_size((0, 0)).columns
+            if columns > 0:
+                return columns
+        return 100
 
     def _open_bar(self, total: int | None, desc: str, initial: int = 0) -> None:
         self._close_bar()
@@ -124,10 +148,12 @@ class InteractiveLogger:
                     self._epoch[parts.metric] = self._exp[parts.metric] = value
                 elif parts.granularity == "exp":
                     self._exp[parts.metric] = value
-            else:
+            elif self._evaluating:
                 self._eval[name] = value
                 if parts.granularity == "exp" and scalar(value) is not None:
                     eval_exp[parts.quantity], exp_index = value, parts.exp
+            else:  # an evaluation value logged outside an evaluation: it still counts for the summary
+                self._last.setdefault(parts.stream, {})[name] = value
         if running and self.bars and state.is_training:
             if self._bar is None:
                 self._open_train_bar(state, initial=state.epoch_iteration)
@@ -137,6 +163,10 @@ class InteractiveLogger:
                                   refresh=False)
 
     # ------------------------------------------------------------------ training
+
+    @clkernel.hookimpl
+    def before_run(self, state: TrainState) -> None:
+        self._run_start = time.perf_counter()
 
     @clkernel.hookimpl
     def before_training_exp(self, state: TrainState) -> None:
@@ -169,7 +199,7 @@ class InteractiveLogger:
     @clkernel.hookimpl(trylast=True)
     def after_training_epoch(self, state: TrainState) -> None:
         self._close_bar(self._running)
-        if not self._active:
+        if not self._active or self.bars:  # in a terminal the epoch was its bar's: no line per epoch
             return
         values = dict(self._epoch) or {f"{q}_running_epoch": v for q, v in self._running.items()}
         exp = state.experience.index if state.experience is not None else 0
@@ -185,8 +215,8 @@ class InteractiveLogger:
         seconds = time.perf_counter() - self._exp_start
         size = f"{len(exp.dataset)} samples, " if exp is not None else ""
         shown = {k: v for k, v in self._exp.items() if scalar(v) is not None}
-        self._print(f"== exp {exp.index if exp else '-'} trained ({size}{state.epoch + 1} epoch(s), {seconds:.1f} s)"
-                    + (f": {_fmt(shown)}" if shown else ""))
+        self._print(f"== exp {exp.index if exp else '-'} trained ({size}{state.epoch + 1} epoch(s), "
+                    f"{_duration(seconds)})" + (f": {_fmt(shown)}" if shown else ""))
 
     # ------------------------------------------------------------------ evaluation
 
@@ -194,26 +224,44 @@ class InteractiveLogger:
     def before_eval(self, state: TrainState) -> None:
         self._saved.append((self._bar, self._eval, self._eval_start))  # an evaluation inside an epoch keeps its bar
         self._bar, self._eval, self._eval_start = None, {}, time.perf_counter()
-        if self._active and self.bars:
-            self._open_bar(0, "eval")  # the stream's name is set with its first experience
+        self._evaluating += 1
 
     @clkernel.hookimpl
     def after_eval_dataset_adaptation(self, state: TrainState) -> None:
-        if self._bar is not None and state.dataset is not None:
-            self._bar.total += -(-len(state.dataset) // state.eval_mb_size)
-            self._bar.set_description(f"eval {state.stream_name} exp {state.experience.index}"
-                                      if state.experience is not None else f"eval {state.stream_name}")
+        """(Re)start the evaluation bar at the experience's number of minibatches: it ends at n/n."""
+        if not (self._active and self.bars) or state.dataset is None:
+            return
+        total = -(-len(state.dataset) // state.eval_mb_size)
+        desc = (f"eval {state.stream_name} exp {state.experience.index}" if state.experience is not None
+                else f"eval {state.stream_name}")
+        if self._bar is None:
+            self._open_bar(total, desc)
+        else:
+            self._bar.reset(total=total)
+            self._bar.set_postfix_str("", refresh=False)  # the values shown were the previous experience's
+            self._bar.set_description(desc, refresh=False)
 
     @clkernel.hookimpl
     def after_eval_iteration(self, state: TrainState) -> None:
+        bar = self._bar
+        if bar is not None:
+            bar.update(state.epoch_iteration - bar.n)
+
+    @clkernel.hookimpl(trylast=True)
+    def after_eval_exp(self, state: TrainState) -> None:
         if self._bar is not None:
-            self._bar.update(1)
+            self._bar.refresh()  # the last minibatches may fall between two redraws: show n/n
 
     @clkernel.hookimpl(trylast=True)
     def after_eval(self, state: TrainState) -> None:
         self._close_bar()
+        stream = state.stream_name
+        values = {k: v for k, v in self._eval.items() if (p := metric_parts(k)) is not None and p.stream == stream}
+        if values:
+            self._last[stream] = values
         line = self._eval_line(state) if self._active else None
         self._bar, self._eval, self._eval_start = self._saved.pop() if self._saved else (None, {}, 0.0)
+        self._evaluating = max(0, self._evaluating - 1)
         if line is not None:
             self._print(line)
 
@@ -230,7 +278,8 @@ class InteractiveLogger:
             elif parts.metric == "acc_exp" and parts.exp is not None:
                 per_exp[parts.exp] = v
         seconds = time.perf_counter() - self._eval_start
-        line = f"-- eval {stream} (trained {state.experiences_trained} exp, {seconds:.1f} s): {_fmt(stream_values)}"
+        line = (f"-- eval {stream} (trained {state.experiences_trained} exp, {_duration(seconds)}): "
+                f"{_fmt(stream_values)}")
         if per_exp:
             line += " | acc per exp: " + " ".join(f"{per_exp[k]:.3f}" for k in sorted(per_exp))
         return line
@@ -239,12 +288,76 @@ class InteractiveLogger:
 
     @clkernel.hookimpl
     def after_run(self, state: TrainState) -> None:
-        """Close any bar left open (a run that failed inside an epoch)."""
+        """Close any bar left open (a run that failed inside an epoch), then print the summary table."""
         self._close_bar()
         for bar, _, _ in self._saved:
             if bar is not None:
                 bar.close()
-        self._saved = []
+        self._saved, self._evaluating = [], 0
+        if self._active:
+            for line in self.summary_lines(state):
+                print(line, file=self.file, flush=True)
+
+    def summary_lines(self, state: TrainState) -> list[str]:
+        """The summary table: per evaluated stream its last scalar ``*_stream`` values and its accuracy on each
+        experience after the last trained one; the wall time; the run folder when known."""
+        seconds = time.perf_counter() - self._run_start
+        lines = [(f"== results after {state.experiences_trained} trained experience(s), wall time "
+                  f"{_duration(seconds)}")]
+        streams: dict[str, dict[str, float]] = {}
+        per_exp: dict[str, dict[int, float]] = {}
+        for stream, values in self._last.items():
+            quantities: dict[str, float] = {}
+            accs: dict[int, float] = {}
+            matrix = None
+            for name, value in values.items():
+                parts = metric_parts(name)
+                if parts is None or parts.task is not None or parts.cls is not None:
+                    continue
+                v = scalar(value)
+                if parts.granularity == "stream":
+                    if v is not None:
+                        quantities[parts.quantity] = v
+                    elif parts.quantity == "accuracy_matrix" and is_matrix(value) and len(value) > 0:
+                        matrix = value
+                elif parts.metric == "acc_exp" and parts.exp is not None and v is not None:
+                    accs[parts.exp] = v
+            if matrix is not None:
+                accs = {j: float(x) for j, x in enumerate(matrix[-1].tolist())}
+            if quantities:
+                streams[stream] = dict(sorted(quantities.items(), key=lambda kv: kv[0] != "acc"))
+            if accs:
+                per_exp[stream] = dict(sorted(accs.items()))
+        if streams:
+            columns = list(dict.fromkeys(q for values in streams.values() for q in values))
+            rows = [["stream", *columns]] + [[s, *(_num(v.get(q)) for q in columns)] for s, v in streams.items()]
+            lines += _table(rows)
+        width = self._width()
+        for stream, accs in per_exp.items():
+            lines.append(f"   {stream}: accuracy on each experience after the last trained one")
+            cells = [(str(j), _num(v)) for j, v in accs.items()]
+            per_line = max(1, (width - 10) // 8)
+            for i in range(0, len(cells), per_line):
+                chunk = cells[i:i + per_line]
+                lines += _table([["exp", *(c[0] for c in chunk)], ["acc", *(c[1] for c in chunk)]], indent=5)
+        if not streams and not per_exp:
+            lines.append("   (no evaluation values received)")
+        if self.run_dir is not None:
+            lines.append(f"== run folder: {os.fspath(self.run_dir)}")
+        return lines
+
+
+def _table(rows: list[list[str]], indent: int = 3) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [" " * indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, s = divmod(round(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours} h {m:02d} min {s:02d} s" if hours else f"{m} min {s:02d} s"
 
 
 def _fmt(values: dict[str, Any]) -> str:

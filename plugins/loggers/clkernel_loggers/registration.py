@@ -14,15 +14,16 @@ import clkernel
 __all__ = ["csv", "interactive", "jsonl", "register_loggers", "report", "tensorboard", "text"]
 
 
-def interactive(stream: str = "stderr", bars: bool | None = None) -> Any:
-    """Progress bars per training epoch and evaluation showing the running values that metrics log, and summary
-    lines of the values received; plain lines when the output is not a terminal.
+def interactive(stream: str = "stderr", bars: bool | None = None, run_dir: str | Path | None = None) -> Any:
+    """Progress bars updated in place showing the values metrics log, a line per trained experience and per
+    evaluation, and a summary table at the end of the run; plain lines when the output is not a terminal.
 
-    stream: stderr or stdout. bars: force the bars on or off (default: on in a terminal).
+    stream: stderr or stdout. bars: force the bars on or off (default: on in a terminal). run_dir: named on the
+    summary's last line.
     """
     from clkernel_loggers.interactive import InteractiveLogger
 
-    return InteractiveLogger(stream=stream, bars=bars)
+    return InteractiveLogger(stream=stream, bars=bars, run_dir=run_dir)
 
 
 def text(run_dir: str | Path | None = None, filename: str = "log.txt") -> Any:

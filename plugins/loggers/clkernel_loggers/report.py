@@ -7,8 +7,10 @@ training, when forward transfer asks for one).
 
 ``clkernel run`` trains and evaluates one experience at a time, so the report is rewritten (atomically) after each
 ``eval()`` in which values were received, and is therefore always complete; ``after_run`` writes it a last time
-if values arrived since. Nothing is written before the first value: on ranks other than 0, which receive no
-value (the kernel calls ``log_metrics`` on rank 0 only), nothing is ever written.
+if values arrived since. ``results.json`` also says how the run stands: ``status`` is ``running`` (written
+when the run starts, before any value, and at each rewrite), then, at ``after_run``, ``completed``, ``failed`` or
+``interrupted`` (the kernel's ``state.outcome``), with ``error`` naming the exception that ended it (else null).
+Only rank 0 writes: on other ranks nothing is ever written.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ class ReportLogger:
         self._written: list[Path] = []
         self._dirty = False
         self._versions: dict[str, Any] | None = None
+        self._status: str = "running"
+        self._error: str | None = None
 
     # ------------------------------------------------------------------ events
 
@@ -104,9 +108,19 @@ class ReportLogger:
             self.write()
 
     @clkernel.hookimpl
+    def before_run(self, state: TrainState) -> None:
+        """Write ``results.json`` with status ``running`` (rank 0): a run that ends early still leaves one."""
+        if state.rank == 0:
+            self.write()
+
+    @clkernel.hookimpl
     def after_run(self, state: TrainState) -> None:
-        """Write the report a last time if values arrived since the last write."""
-        if self._dirty:
+        """Write the report a last time, with how the run ended (``state.outcome`` and ``state.error``)."""
+        self._status = getattr(state, "outcome", "completed")
+        if self._status == "running":  # a kernel that does not say: the run got here, so it ended
+            self._status = "completed"
+        self._error = getattr(state, "error", None)
+        if state.rank == 0:
             self.write()
 
     @clkernel.hookimpl
@@ -134,6 +148,8 @@ class ReportLogger:
             written += self._plot(matrices)
         streams = sorted(set(matrices) | set(self._initial))
         results = {
+            "status": self._status,
+            "error": self._error,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "experiences_trained": self._experiences_trained,
             "final_metrics": to_jsonable(self._final),

@@ -100,13 +100,27 @@ def test_logged_figures_are_saved(tmp_path):
                                                                                     "free-form": 2.0}
 
 
-def test_nothing_is_written_before_a_value_is_received(tmp_path):
-    state = clkernel.TrainState(model=torch.nn.Linear(1, 1), optimizer=None, criterion=None,  # type: ignore
-                                device=torch.device("cpu"), train_mb_size=1, train_epochs=1, eval_mb_size=1)
-    logger = ReportLogger(tmp_path)
-    logger.after_eval(state)
-    logger.after_run(state)
-    assert logger.output_files(state) == [] and list(tmp_path.iterdir()) == []
+def test_status_is_written_at_the_start_and_the_end_on_rank_0_only(tmp_path):
+    def state(rank: int) -> clkernel.TrainState:
+        return clkernel.TrainState(model=torch.nn.Linear(1, 1), optimizer=None, criterion=None,  # type: ignore
+                                   device=torch.device("cpu"), train_mb_size=1, train_epochs=1, eval_mb_size=1,
+                                   rank=rank)
+
+    other = ReportLogger(tmp_path / "rank1")
+    s1 = state(1)
+    other.before_run(s1)
+    other.after_eval(s1)
+    other.after_run(s1)
+    assert other.output_files(s1) == [] and list((tmp_path / "rank1").iterdir()) == []
+
+    logger, s0 = ReportLogger(tmp_path / "rank0"), state(0)
+    logger.before_run(s0)
+    results = json.loads((tmp_path / "rank0" / "results.json").read_text())
+    assert results["status"] == "running" and results["error"] is None and results["final_metrics"] == {}
+    s0.outcome, s0.error = "failed", "RuntimeError: kaboom"
+    logger.after_run(s0)
+    results = json.loads((tmp_path / "rank0" / "results.json").read_text())
+    assert results["status"] == "failed" and results["error"] == "RuntimeError: kaboom"
 
 
 def test_bad_dpi():
