@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import clkernel
 
-__all__ = ["MODELS", "mt_simple_cnn", "mt_simple_mlp", "register_models", "simple_cnn", "simple_mlp",
+__all__ = ["MODELS", "require_task_labels", "mt_simple_cnn", "mt_simple_mlp", "register_models", "simple_cnn", "simple_mlp",
            "slim_resnet18"]
 
 
@@ -30,9 +30,12 @@ def _check_image_shape(model: str, input_shape: tuple[int, ...] | None, in_chann
                          f"input_shape is {shape}: use simple-mlp or slim-resnet18")
 
 
-def _require_task_labels(model: str, benchmark: Any) -> None:
+def require_task_labels(model: str, benchmark: Any) -> None:
     """Refuse a benchmark whose training experiences (more than one) all carry task label 0: a multi-task model
-    needs task labels to pick its head / column. Nothing is checked without a benchmark (Python use)."""
+    needs task labels to pick its head / column. Nothing is checked without a benchmark (Python use).
+
+    :raises ValueError: naming the model and the benchmark.
+    """
     stream = getattr(benchmark, "streams", {}).get("train") if benchmark is not None else None
     if stream is None:
         return
@@ -88,7 +91,7 @@ def mt_simple_mlp(num_classes: int | None = None, input_size: int = 784, hidden_
     """
     from clkernel_models.models import MTSimpleMLP
 
-    _require_task_labels("mt-simple-mlp", benchmark)
+    require_task_labels("mt-simple-mlp", benchmark)
 
     return MTSimpleMLP(num_classes, input_size, hidden_size, hidden_layers, drop_rate, masking=masking,
                        unseen_task=unseen_task)
@@ -106,7 +109,7 @@ def mt_simple_cnn(num_classes: int | None = None, in_channels: int = 3, input_sh
     from clkernel_models.models import SIMPLE_CNN_MIN_SIZE, MTSimpleCNN
 
     _check_image_shape("mt-simple-cnn", input_shape, in_channels, SIMPLE_CNN_MIN_SIZE)
-    _require_task_labels("mt-simple-cnn", benchmark)
+    require_task_labels("mt-simple-cnn", benchmark)
     return MTSimpleCNN(num_classes, in_channels, masking=masking, unseen_task=unseen_task)
 
 

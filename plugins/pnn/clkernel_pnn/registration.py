@@ -8,20 +8,9 @@ from typing import Any, Callable
 
 import clkernel
 
+from clkernel_models.registration import require_task_labels  # torch-free, like this module
+
 __all__ = ["pnn", "register_models"]
-
-
-def _require_task_labels(model: str, benchmark: Any) -> None:
-    """Refuse a benchmark whose training experiences (more than one) all carry task label 0: a multi-task model
-    needs task labels to pick its head / column. Nothing is checked without a benchmark (Python use)."""
-    stream = getattr(benchmark, "streams", {}).get("train") if benchmark is not None else None
-    if stream is None:
-        return
-    experiences = list(stream)
-    if len(experiences) > 1 and all(set(getattr(exp, "task_labels", [0])) <= {0} for exp in experiences):
-        which = getattr(benchmark, "name", "") or "the benchmark"
-        raise ValueError(f"{model}: needs a benchmark with task labels (e.g. split-digits:return_task_id=True); "
-                         f"all {len(experiences)} training experiences of {which} have task label 0")
 
 
 def pnn(num_layers: int = 1, in_features: int | None = None, hidden_features_per_column: int = 100,
@@ -45,7 +34,7 @@ def pnn(num_layers: int = 1, in_features: int | None = None, hidden_features_per
     """
     from clkernel_pnn.pnn import PNN
 
-    _require_task_labels("pnn", benchmark)
+    require_task_labels("pnn", benchmark)
     if in_features is not None and input_size is not None and in_features != input_size:
         raise ValueError(f"pnn: in_features={in_features} does not match the benchmark's input size "
                          f"({input_size} values per sample)")
