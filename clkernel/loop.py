@@ -15,7 +15,7 @@ import torch
 
 from clkernel.data import iterate_minibatches
 from clkernel.dispatch import Dispatcher, PluginError, compose
-from clkernel.modules import adapt_model, eval_mode, model_forward
+from clkernel.modules import DynamicModule, adapt_model, eval_mode, model_forward
 from clkernel.state import TrainState
 from clkernel.types import Benchmark, Experience, Stream, as_experiences
 from clkernel.validate import positive_int
@@ -354,6 +354,7 @@ class Strategy:
         before_it, before_fw, after_fw, after_it = (c["before_eval_iteration"], c["before_eval_forward"],
                                                     c["after_eval_forward"], c["after_eval_iteration"])
         move = s.device.type != "cpu"
+        dynamic = any(isinstance(m, DynamicModule) for m in s.model.modules())
         with eval_mode(s.model):  # each module gets its own mode back after (a plugin may have frozen some)
             try:
                 self._fire("before_eval")
@@ -364,7 +365,8 @@ class Strategy:
                     self._fire("before_eval_dataset_adaptation")
                     s.dataset = exp.dataset.eval()
                     self._fire("after_eval_dataset_adaptation")
-                    adapt_model(s.model, exp, device=s.device).eval()  # modules it created evaluate too
+                    if dynamic:  # a static model was placed on the device once, at construction
+                        adapt_model(s.model, exp, device=s.device).eval()  # modules it created evaluate too
                     s.dataloader = _EpochLoader(s.dataset, s.eval_mb_size, False, None)
                     s.epoch_iteration = 0
                     for mb in s.dataloader:
