@@ -324,12 +324,8 @@ def check_component(kind: str, spec: Any, shown: str | None = None) -> tuple[str
         if isinstance(spec, dict):
             options = {k: v for k, v in spec.items() if k != "name"}
             comp = registry().get(kind, spec["name"].strip())
-            floats: dict[str, str] = {}
         else:
             comp = registry().get(kind, spec.partition(":")[0].strip())
-            # whole floats (2.0) that parse_options would turn into ints, before it does
-            floats = dict(re.findall(r"(?:^|,)\s*(\w+)\s*=\s*([-+]?(?:\d+\.\d*|\.\d+|\d+(?=[eE]))"
-                                     r"(?:[eE][-+]?\d+)?)\s*(?=,|$)", spec.partition(":")[2]))
             options = parse_options(kind, spec)[1]
     except RegistryError as e:
         raise UsageError(f"{shown}: {e}") from None
@@ -342,7 +338,7 @@ def check_component(kind: str, spec: Any, shown: str | None = None) -> tuple[str
             close = difflib.get_close_matches(key, params, n=1)
             raise UsageError(f"{where} has no option {key!r}; its options: {', '.join(params) or '(none)'}"
                              + (f"; did you mean {close[0]!r}?" if close else ""))
-        _check_option_value(where, key, float(floats[key]) if key in floats else value, params[key])
+        _check_option_value(where, key, value, params[key])
     return comp.name, options
 
 

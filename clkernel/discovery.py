@@ -311,7 +311,7 @@ def _convert(text: str, param: inspect.Parameter | None, where: str) -> Any:
     if target is bool and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
         return value.lower() in ("true", "yes")
     if target in (int, float) and not isinstance(value, bool) and isinstance(value, (int, float)):
-        if target is int and value != int(value):
+        if target is int and isinstance(value, float):  # 2.0 is a float: never silently truncated
             raise RegistryError(f"{where}: option {param.name}={text!r} must be an integer")
         return target(value)
     if target is str:
