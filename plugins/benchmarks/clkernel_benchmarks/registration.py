@@ -3,23 +3,35 @@
 Cheap to import (no torch, no torchvision): each registered factory is a stub that declares the options of the
 factory of the same name in :mod:`clkernel_benchmarks.classic` (``clkernel show`` and option parsing read them
 from its signature) and imports that module only when called. A test checks that the stubs' signatures match.
+
+Every registered benchmark also takes the options of :data:`VALIDATION_OPTIONS`: ``valid_size=0.1`` carves a
+``valid`` stream out of the train stream with
+:func:`clkernel_benchmarks.generators.benchmark_with_validation_stream` (streams ``train``, ``valid``, ``test``),
+so that ``clkernel run --benchmark split-digits:valid_size=0.1 --eval-streams valid,test`` can monitor it.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 import clkernel
 
-__all__ = ["BENCHMARKS", "check_options", "core50", "permuted_mnist", "register_benchmarks", "rotated_mnist",
+__all__ = ["BENCHMARKS", "VALIDATION_OPTIONS", "check_options", "core50", "permuted_mnist", "register_benchmarks", "rotated_mnist",
            "split_cifar10", "split_cifar100", "split_digits", "split_fmnist", "split_mnist", "split_tinyimagenet"]
 
 #: A transform option: called on a normalised float batch ``(B, C, H, W)`` (in-memory benchmarks) or on one
 #: image ``(C, H, W)`` (file-backed ones).
 Transform = Callable[[Any], Any]
+
+
+#: Options every registered benchmark takes besides its own, with their defaults: the fraction of each training
+#: experience moved to a ``valid`` stream (0: no validation stream), and whether that fraction is taken from each
+#: class of the experience (stratified) rather than from the whole experience.
+VALIDATION_OPTIONS: dict[str, Any] = {"valid_size": 0.0, "valid_class_balanced": True}
 
 
 def _is_int(value: Any) -> bool:
@@ -33,10 +45,15 @@ def check_options(name: str, options: dict[str, Any]) -> None:
     :raises ValueError: (``TypeError`` for a transform that is not callable) naming the benchmark, the option
         and the value.
     """
-    from clkernel.validate import positive_int
+    from clkernel.validate import positive_int, unit_interval
 
     def fail(option: str, what: str) -> ValueError:
         return ValueError(f"{name}: {option} must be {what}, got {options[option]!r}")
+
+    if "valid_size" in options:
+        unit_interval(options["valid_size"], "valid_size", name, include_one=False)
+    if "valid_class_balanced" in options and not isinstance(options["valid_class_balanced"], bool):
+        raise fail("valid_class_balanced", "true or false")
 
     if options.get("n_experiences") is not None:
         positive_int(options["n_experiences"], "n_experiences", name)
@@ -72,16 +89,36 @@ def check_options(name: str, options: dict[str, Any]) -> None:
 
 
 def _deferred(stub: Callable[..., Any]) -> Callable[..., Any]:
-    """A factory with ``stub``'s name, signature and docstring that checks the options (:func:`check_options`)
-    and calls ``classic.<name>``."""
+    """A factory with ``stub``'s name, signature and docstring, plus the options of :data:`VALIDATION_OPTIONS`,
+    that checks the options (:func:`check_options`), calls ``classic.<name>`` and carves the validation stream
+    when ``valid_size`` > 0 (seeded with the benchmark's ``seed``)."""
 
     @functools.wraps(stub)
     def factory(**options: Any) -> Any:
-        check_options(stub.__name__.replace("_", "-"), options)
+        name = stub.__name__.replace("_", "-")
+        check_options(name, options)
+        valid = {key: options.pop(key, default) for key, default in VALIDATION_OPTIONS.items()}
         from clkernel_benchmarks import classic
 
-        return getattr(classic, stub.__name__)(**options)
+        benchmark = getattr(classic, stub.__name__)(**options)
+        if not valid["valid_size"]:
+            return benchmark
+        from clkernel_benchmarks.generators import benchmark_with_validation_stream
 
+        try:
+            return benchmark_with_validation_stream(benchmark, valid["valid_size"],
+                                                    class_balanced=valid["valid_class_balanced"],
+                                                    seed=options.get("seed", 0))
+        except ValueError as e:
+            raise ValueError(f"{name}: valid_size={valid['valid_size']!r}: {e}") from None
+
+    signature = inspect.signature(stub, eval_str=True)
+    extra = [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=type(default))
+             for key, default in VALIDATION_OPTIONS.items()]
+    factory.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])  # type: ignore
+    factory.__doc__ = (f"{stub.__doc__.rstrip()}\n\n    valid_size (a fraction in [0, 1), default 0) carves a "
+                       f"validation stream 'valid' out of each training experience (valid_class_balanced: per class)."
+                       f"\n    ")
     return factory
 
 

@@ -72,7 +72,10 @@ def test_registered_stubs_declare_exactly_the_options_of_the_classic_factories()
         assert stub.__name__ == name.replace("-", "_")
         ours = inspect.signature(stub, eval_str=True).parameters
         theirs = inspect.signature(real, eval_str=True).parameters
-        assert [str(p) for p in ours.values()] == [str(p) for p in theirs.values()], name
+        own = [str(p) for key, p in ours.items() if key not in registration.VALIDATION_OPTIONS]
+        assert own == [str(p) for p in theirs.values()], name
+        assert [str(p) for p in ours.values()][len(own):] == ["valid_size: float = 0.0",
+                                                              "valid_class_balanced: bool = True"], name
         assert inspect.getdoc(stub).split("\n")[0] == inspect.getdoc(real).split("\n")[0], name
 
 
@@ -125,3 +128,49 @@ def test_split_digits_trains_through_the_kernel_loop():
         x0, y0, _ = bm.test_stream[0].dataset.eval().get_batch(torch.arange(len(bm.test_stream[0].dataset)))
         first = (model(x0).argmax(1) == y0).float().mean()
     assert float(last) > 0.9 and float(first) < 0.5  # learns the last experience, forgets the first
+
+
+def test_valid_size_carves_a_stratified_validation_stream_out_of_each_training_experience():
+    reg = Registry()
+    reg.add_module(registration, "benchmarks")
+    reset_registry(reg)
+    try:
+        name, options = parse_options("benchmark", "split-digits:valid_size=0.1,seed=2")
+        bm = reg.load("benchmark", name, **options)
+    finally:
+        reset_registry()
+    plain = split_digits(seed=2)
+    assert list(bm.streams) == ["train", "valid", "test"] and bm.name == "split-digits"
+    assert len(bm.streams["valid"]) == len(bm.train_stream) == 5
+    for old, train, valid in zip(plain.train_stream, bm.train_stream, bm.streams["valid"]):
+        assert train.index == valid.index == old.index and valid.classes == old.classes
+        old_x = old.dataset.get_batch(torch.arange(len(old.dataset)))[0].flatten(1)
+        train_x = train.dataset.get_batch(torch.arange(len(train.dataset)))[0].flatten(1)
+        valid_x = valid.dataset.get_batch(torch.arange(len(valid.dataset)))[0].flatten(1)
+        assert len(train_x) + len(valid_x) == len(old_x)
+        rows = {tuple(r) for r in train_x.tolist()}
+        assert not any(tuple(r) in rows for r in valid_x.tolist())  # disjoint (the digits have no duplicates here)
+        per_class = torch.bincount(old.dataset.targets, minlength=10)
+        held = torch.bincount(valid.dataset.targets, minlength=10)
+        assert held.tolist() == [int(n * 0.1 + 0.5) for n in per_class.tolist()]  # 10% of each class, rounded
+    assert torch.equal(bm.test_stream[0].dataset.targets, plain.test_stream[0].dataset.targets)
+    again = registration.split_digits(valid_size=0.1, seed=2)
+    assert torch.equal(again.streams["valid"][3].dataset.targets, bm.streams["valid"][3].dataset.targets)
+    x3 = bm.streams["valid"][3].dataset.get_batch(torch.arange(4))[0]
+    assert torch.equal(again.streams["valid"][3].dataset.get_batch(torch.arange(4))[0], x3)
+    assert list(registration.split_digits().streams) == ["train", "test"]  # valid_size=0: no validation stream
+    unbalanced = registration.split_digits(valid_size=0.25, valid_class_balanced=False)
+    assert [len(e.dataset) for e in unbalanced.streams["valid"]] == [
+        int(0.25 * len(e.dataset) + 0.5) for e in split_digits().train_stream]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"valid_size": 1.0}, r"split-digits: valid_size must be a number in \[0, 1\), got 1.0"),
+    ({"valid_size": -0.1}, "split-digits: valid_size must be"),
+    ({"valid_size": "x"}, "split-digits: valid_size must be"),
+    ({"valid_size": 0.001}, r"split-digits: valid_size=0.001: .*leaves its validation part empty"),
+    ({"valid_size": 0.1, "valid_class_balanced": 1}, "split-digits: valid_class_balanced must be true or false"),
+])
+def test_bad_validation_options_are_refused_naming_the_option(options, message):
+    with pytest.raises(ValueError, match=message):
+        registration.split_digits(**options)
