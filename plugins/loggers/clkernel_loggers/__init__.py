@@ -15,7 +15,7 @@ import lazy_loader
 __version__ = "0.2.0"
 
 _EXPORTS = {
-    "common": ["LoggerPathError", "metric_parts"],
+    "common": ["LoggerPathError", "LoggerResumeError", "LoggerWriteError", "metric_parts"],
     "files": ["CSV_COLUMNS", "CSVLogger", "JSONLLogger", "TextLogger"],
     "interactive": ["InteractiveLogger"],
     "report": ["ReportLogger"],

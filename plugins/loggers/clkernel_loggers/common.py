@@ -1,4 +1,5 @@
-"""What every logger shares: checking its folder at construction, recognising values, reading names.
+"""What every logger shares: checking its folder at construction, recognising values, reading names, reporting
+a failed write, and the file bookkeeping of checkpoints (a file's size and a digest of its end).
 
 Loggers never import clkernel-metrics: they recognise values by type (numbers and one-element tensors are
 scalars, 1-D tensors vectors, 2-D tensors matrices, matplotlib figures figures) and read names of the kernel's
@@ -9,22 +10,26 @@ value is written as unstructured (:func:`metric_parts` gives None).
 
 from __future__ import annotations
 
+import contextlib
+import errno as errno_module
 import functools
+import hashlib
 import json
 import math
 import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 
 from clkernel.names import MetricName, parse_metric_name
 
-__all__ = ["LoggerPathError", "check_filename",
-           "default_run_dir", "flatten_config", "is_figure", "is_matrix", "is_vector",
-           "metric_parts", "prepare_dir", "scalar", "to_jsonable", "versions", "write_atomic"]
+__all__ = ["TAIL_BYTES", "LoggerPathError", "LoggerResumeError", "LoggerWriteError", "check_file_state",
+           "check_filename", "default_run_dir", "file_state", "flatten_config", "is_figure", "is_matrix",
+           "is_rank_zero", "is_vector", "metric_parts", "prepare_dir", "remove_file", "scalar", "to_jsonable",
+           "truncate_file", "versions", "write_atomic", "writing"]
 
 
 class LoggerPathError(OSError, ValueError):
@@ -33,6 +38,117 @@ class LoggerPathError(OSError, ValueError):
     Also a :class:`ValueError`: a path option that cannot be used is a bad option (``clkernel run`` reports it
     as a usage error, exit code 2).
     """
+
+
+class LoggerWriteError(OSError):
+    """A logger could not write one of its files during the run: a full disk (``ENOSPC``), a quota
+    (``EDQUOT``), a file size limit (``EFBIG``), a folder removed under it...
+
+    An :class:`OSError` with the original ``errno`` and ``strerror``, ``filename`` the path of the file; the
+    original exception is ``__cause__``. ``str()`` is one line naming the logger and the file:
+    ``the csv logger could not write 'runs/x/metrics_train.csv': No space left on device (errno 28, ENOSPC)``.
+    """
+
+    def __init__(self, who: str, path: str | os.PathLike[str], error: OSError) -> None:
+        super().__init__(error.errno, error.strerror or str(error) or type(error).__name__, os.fspath(path))
+        self.who = who
+
+    def __str__(self) -> str:
+        code = f" (errno {self.errno}, {errno_module.errorcode.get(self.errno, '?')})" if self.errno else ""
+        return f"the {self.who} logger could not write {self.filename!r}: {self.strerror}{code}"
+
+
+class LoggerResumeError(ValueError):
+    """A logger cannot resume from a checkpoint: a file it had written before the checkpoint is missing,
+    shorter than it was, or no longer ends as it did (rows written before the checkpoint were lost or the file
+    was replaced), or the state is not one this logger wrote. Raised by ``load_state_dict``, before any file is
+    changed; the message names the file. A :class:`ValueError`: the run folder does not fit the checkpoint.
+    """
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike[str], who: str) -> Iterator[None]:
+    """Turn an :class:`OSError` raised inside the block into a :class:`LoggerWriteError` naming ``path`` (an
+    error that already names its file passes through unchanged)."""
+    try:
+        yield
+    except LoggerWriteError:
+        raise
+    except OSError as e:
+        raise LoggerWriteError(who, path, e) from e
+
+
+#: Bytes at the end of a file whose digest a checkpoint records (:func:`file_state`).
+TAIL_BYTES = 4096
+
+
+def _tail_digest(f: Any, size: int) -> str:
+    start = max(0, size - TAIL_BYTES)
+    f.seek(start)
+    return hashlib.sha256(f.read(size - start)).hexdigest()
+
+
+def file_state(path: Path) -> dict[str, Any]:
+    """``{"size": bytes, "tail": sha256 hex of the last TAIL_BYTES bytes}`` of ``path`` now (flush it first):
+    what a checkpoint records so that resuming can check the file and cut it back to this point. Reading the tail
+    costs the same whatever the file's size."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        return {"size": size, "tail": _tail_digest(f, size)}
+
+
+def check_file_state(path: Path, recorded: Mapping[str, Any], who: str) -> None:
+    """Check that ``path`` still starts with what it held when ``recorded`` (:func:`file_state`) was taken.
+
+    :raises LoggerResumeError: naming the logger and the file when it is missing, shorter than recorded, or
+        its bytes before the recorded size no longer end as they did.
+    """
+    size = recorded["size"]
+    try:
+        with open(path, "rb") as f:
+            actual = os.fstat(f.fileno()).st_size
+            if actual < size:
+                raise LoggerResumeError(
+                    f"the {who} logger cannot resume: {str(path)!r} holds {actual} bytes, the checkpoint recorded "
+                    f"{size}: what it wrote before the checkpoint was lost (restore the file, or start a new run)")
+            if _tail_digest(f, size) != recorded["tail"]:
+                raise LoggerResumeError(
+                    f"the {who} logger cannot resume: {str(path)!r} does not hold what it held at the checkpoint "
+                    f"(its bytes before offset {size} changed): the file was replaced or rewritten (restore it, or "
+                    f"start a new run)")
+    except FileNotFoundError:
+        raise LoggerResumeError(f"the {who} logger cannot resume: {str(path)!r} is missing, the checkpoint "
+                                f"recorded {size} bytes in it (restore the file, or start a new run)") from None
+    except OSError as e:
+        raise LoggerResumeError(f"the {who} logger cannot resume: cannot read {str(path)!r}: "
+                                f"{e.strerror or e}") from e
+
+
+def truncate_file(path: Path, size: int, who: str) -> None:
+    """Cut ``path`` back to ``size`` bytes (what was written after a checkpoint goes).
+
+    :raises LoggerWriteError: naming the file when it cannot be cut.
+    """
+    with writing(path, who):
+        if path.stat().st_size != size:
+            os.truncate(path, size)
+
+
+def remove_file(path: Path, who: str) -> None:
+    """Remove ``path`` if it exists (a file created after a checkpoint).
+
+    :raises LoggerWriteError: naming the file when it exists and cannot be removed.
+    """
+    with writing(path, who):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def is_rank_zero() -> bool:
+    """False only in a process of an initialised ``torch.distributed`` group whose rank is not 0 (the only place
+    a logger asks: ``load_state_dict`` has no state to read the rank from, and other ranks never write)."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
 
 
 _RUN_DIR: Path | None = None
@@ -204,9 +320,19 @@ def versions(config: dict[str, Any] | None = None) -> dict[str, Any]:
     return out
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write ``path`` through a temporary file and a rename, so readers never see a half-written file."""
+def write_atomic(path: Path, data: bytes | str, who: str = "report") -> None:
+    """Write ``path`` through a temporary file and a rename, so readers never see a half-written file: a write
+    that fails leaves the previous ``path`` as it was (and removes the temporary file).
+
+    :raises LoggerWriteError: naming ``path`` (and the ``who`` logger) when the write fails (a full disk).
+    """
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    try:
+        with writing(path, who):
+            with open(tmp, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+            os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

@@ -32,7 +32,13 @@ value: other ranks never receive one, so they stay silent. On rank 0 the first t
 running value (at the iteration it arrives, counting from there to the end of the epoch); once a value has been
 received, bars open when their epoch or evaluation starts. A run with no metric at all shows nothing.
 
-When the output is not a terminal there are no bars, only plain lines.
+When the output is not a terminal there are no bars, only plain lines. A line that cannot be written (output
+redirected to a file on a full disk) raises :class:`~clkernel_loggers.LoggerWriteError` naming the output.
+
+**Checkpoints.** ``state_dict()`` holds what the summary and the per-experience line need (the last values of
+each evaluated stream, the values of the experience and epoch in progress, the time spent so far); a fresh logger
+that loads it continues them: the summary of a resumed run is the uninterrupted run's, with the wall time of both
+parts (not the time in between). What was printed stays printed.
 """
 
 from __future__ import annotations
@@ -44,11 +50,16 @@ import sys
 import time
 from typing import IO, Any
 
+import torch
+
 import clkernel
 from clkernel import TrainState
-from clkernel_loggers.common import is_matrix, metric_parts, scalar
+from clkernel_loggers.common import LoggerResumeError, LoggerWriteError, is_matrix, metric_parts, scalar
 
-__all__ = ["REFRESH_S", "InteractiveLogger"]
+__all__ = ["REFRESH_S", "STATE_FORMAT", "InteractiveLogger"]
+
+#: The version of the interactive logger's ``state_dict()`` layout.
+STATE_FORMAT = 1
 
 #: Seconds between two redraws of a bar's values (at most).
 REFRESH_S = 0.5
@@ -90,14 +101,18 @@ class InteractiveLogger:
         self._last: dict[str, dict[str, Any]] = {}  # stream -> name -> value, its last evaluation
         self._epoch_start = self._exp_start = self._eval_start = 0.0
         self._run_start = time.perf_counter()
+        self._resumed: dict[str, float] | None = None  # seconds spent before the checkpoint, when resumed
 
     # ------------------------------------------------------------------ output
 
     def _print(self, line: str) -> None:
-        if self._bar is not None:
-            self._bar.write(line, file=self.file)
-        else:
-            print(line, file=self.file, flush=True)
+        try:
+            if self._bar is not None:
+                self._bar.write(line, file=self.file)
+            else:
+                print(line, file=self.file, flush=True)
+        except OSError as e:
+            raise LoggerWriteError("interactive", str(getattr(self.file, "name", repr(self.file))), e) from e
 
     def _width(self) -> int:
         if self.bars:
@@ -166,7 +181,11 @@ class InteractiveLogger:
 
     @clkernel.hookimpl
     def before_run(self, state: TrainState) -> None:
-        self._run_start = time.perf_counter()
+        now = time.perf_counter()
+        spent, self._resumed = self._resumed or {}, None
+        self._run_start = now - spent.get("run", 0.0)
+        self._exp_start = now - spent.get("exp", 0.0)
+        self._epoch_start = now - spent.get("epoch", 0.0)
 
     @clkernel.hookimpl
     def before_training_exp(self, state: TrainState) -> None:
@@ -296,7 +315,40 @@ class InteractiveLogger:
         self._saved, self._evaluating = [], 0
         if self._active:
             for line in self.summary_lines(state):
-                print(line, file=self.file, flush=True)
+                self._print(line)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the lines to come need: ``active``, ``last`` (stream -> name -> last value of its last
+        evaluation), ``exp`` / ``epoch`` / ``running`` (the values of the experience, the epoch so far),
+        ``seconds`` (``run``, ``exp``, ``epoch``: time spent in each so far). Numbers, strings and CPU tensors."""
+        if self._resumed is not None:  # loaded, the run not started yet: the same checkpoint
+            seconds = dict(self._resumed)
+        else:
+            now = time.perf_counter()
+            seconds = {"run": now - self._run_start, "exp": now - self._exp_start, "epoch": now - self._epoch_start}
+        return {"format": STATE_FORMAT, "logger": "interactive", "active": self._active,
+                "last": {stream: {k: _plain(v) for k, v in values.items()} for stream, values in self._last.items()},
+                "exp": {k: _plain(v) for k, v in self._exp.items()},
+                "epoch": {k: _plain(v) for k, v in self._epoch.items()},
+                "running": {k: _plain(v) for k, v in self._running.items()}, "seconds": seconds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned; the times continue from ``before_run``.
+
+        :raises LoggerResumeError: when ``state`` is not an interactive logger's state_dict().
+        """
+        if not isinstance(state, dict) or state.get("logger") != "interactive":
+            raise LoggerResumeError("the interactive logger cannot resume from this state: it is not an interactive "
+                                    f"logger's state_dict() ({type(state).__name__})")
+        if state.get("format") != STATE_FORMAT:
+            raise LoggerResumeError(f"the interactive logger cannot resume from this state: format "
+                                    f"{state.get('format')!r}, this version reads format {STATE_FORMAT}")
+        self._active = bool(state["active"])
+        self._last = {str(s): dict(v) for s, v in state["last"].items()}
+        self._exp, self._epoch, self._running = dict(state["exp"]), dict(state["epoch"]), dict(state["running"])
+        self._resumed = {k: float(v) for k, v in state["seconds"].items()}
 
     def summary_lines(self, state: TrainState) -> list[str]:
         """The summary table: per evaluated stream its last scalar ``*_stream`` values and its accuracy on each
@@ -345,6 +397,18 @@ class InteractiveLogger:
         if self.run_dir is not None:
             lines.append(f"== run folder: {os.fspath(self.run_dir)}")
         return lines
+
+
+def _plain(value: Any) -> Any:
+    """A value as a checkpoint holds it: numbers stay, 0-d tensors become floats, tensors move to the CPU."""
+    v = scalar(value)
+    if v is not None:
+        return v
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if type(value).__module__ == "numpy":
+        return torch.as_tensor(value)
+    return value if isinstance(value, (str, type(None))) else repr(value)
 
 
 def _table(rows: list[list[str]], indent: int = 3) -> list[str]:

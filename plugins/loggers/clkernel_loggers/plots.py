@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FIGSIZE", "accuracy_curves_figure", "figure_to_array", "matrix_figure", "save_figure"]
+__all__ = ["FIGSIZE", "accuracy_curves_figure", "figure_png", "figure_to_array", "matrix_figure", "save_figure"]
 
 FIGSIZE = (6.4, 4.8)
 
@@ -88,14 +88,40 @@ def figure_to_array(fig: Any) -> Any:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def save_figure(fig: Any, path: Path) -> None:
-    """Save ``fig`` as a PNG at ``path`` through a temporary file (readers never see half a file)."""
+def save_figure(fig: Any, path: Path, who: str = "report") -> None:
+    """Save ``fig`` as a PNG at ``path`` through a temporary file (readers never see half a file).
+
+    :raises LoggerWriteError: naming ``path`` (and the ``who`` logger) when it cannot be written (a full disk);
+        the previous file is left as it was.
+    """
+    import contextlib
     import os
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from clkernel_loggers.common import writing
+
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    try:
+        with writing(path, who):
+            fig.savefig(tmp, format="png")
+            os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def figure_png(fig: Any) -> bytes:
+    """``fig`` as PNG bytes: the bytes :func:`save_figure` writes."""
+    import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     if not isinstance(fig.canvas, FigureCanvasAgg):
         FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()

@@ -10,7 +10,13 @@ training, when forward transfer asks for one).
 if values arrived since. ``results.json`` also says how the run stands: ``status`` is ``running`` (written
 when the run starts, before any value, and at each rewrite), then, at ``after_run``, ``completed``, ``failed`` or
 ``interrupted`` (the kernel's ``state.outcome``), with ``error`` naming the exception that ended it (else null).
-Only rank 0 writes: on other ranks nothing is ever written.
+Only rank 0 writes: on other ranks nothing is ever written. A write that fails (a full disk) raises
+:class:`~clkernel_loggers.LoggerWriteError` naming the file, and leaves the previous file as it was.
+
+**Checkpoints.** ``state_dict()`` holds everything the report was built from (the final scalars, the matrices,
+the accuracy matrices and initial accuracies, the figures as PNG bytes, the files written), as tensors and plain
+containers; a fresh report that loads it rebuilds ``results.json`` and the plots from it when the resumed run
+starts (``before_run``), as the uninterrupted run had them at the checkpoint.
 """
 
 from __future__ import annotations
@@ -22,15 +28,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import clkernel
 from clkernel import TrainState
 from clkernel.validate import positive_int
 
 from clkernel_loggers.common import (
-    is_figure, is_matrix, is_vector, metric_parts, prepare_dir, scalar, to_jsonable, versions, write_atomic,
+    LoggerResumeError, is_figure, is_matrix, is_vector, metric_parts, prepare_dir, scalar, to_jsonable, versions,
+    write_atomic,
 )
 
-__all__ = ["INITIAL_METRIC", "MATRIX_METRIC", "PROGRESS_GRANULARITIES", "ReportLogger"]
+__all__ = ["INITIAL_METRIC", "MATRIX_METRIC", "PROGRESS_GRANULARITIES", "STATE_FORMAT", "ReportLogger"]
+
+#: The version of the report's ``state_dict()`` layout.
+STATE_FORMAT = 1
 
 #: The first part of the names whose values are the accuracy matrices (2-D: after training i, on experience j).
 MATRIX_METRIC = "accuracy_matrix_stream"
@@ -70,7 +82,8 @@ class ReportLogger:
         self._matrices: dict[str, Any] = {}
         self._accuracy: dict[str, Any] = {}
         self._initial: dict[str, Any] = {}
-        self._figures: dict[str, Any] = {}
+        self._figures: dict[str, Any] = {}  # name -> matplotlib figure, or its PNG bytes (after resuming)
+        self._figure_pngs: dict[str, tuple[Any, torch.Tensor]] = {}  # name -> (figure, PNG bytes), for checkpoints
         self._experiences_trained: int | None = None
         self._written: list[Path] = []
         self._dirty = False
@@ -191,9 +204,67 @@ class ReportLogger:
             written.append(path)
         for name, fig in self._figures.items():
             path = self.run_dir / f"{_safe(name)}.png"
-            save_figure(fig, path)
+            if isinstance(fig, bytes):  # restored from a checkpoint
+                write_atomic(path, fig)
+            else:
+                save_figure(fig, path)
             written.append(path)
         return written
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the report was built from: ``final`` (name -> float), ``matrices`` / ``accuracy`` / ``initial``
+        (name or stream -> CPU tensor), ``figures`` (name -> PNG bytes as a uint8 tensor), ``experiences_trained``
+        (-1 for none yet), ``written`` (file names), ``dirty``. Tensors and plain containers only."""
+        from clkernel_loggers.plots import figure_png
+
+        figures: dict[str, torch.Tensor] = {}
+        for name, fig in self._figures.items():
+            cached = self._figure_pngs.get(name)
+            if cached is None or cached[0] is not fig:  # render each figure once
+                png = fig if isinstance(fig, bytes) else figure_png(fig)
+                cached = self._figure_pngs[name] = (fig, torch.frombuffer(bytearray(png), dtype=torch.uint8))
+            figures[name] = cached[1]
+        return {"format": STATE_FORMAT, "logger": "report", "final": dict(self._final),
+                "matrices": {k: _tensor(v) for k, v in self._matrices.items()},
+                "accuracy": {k: _tensor(v) for k, v in self._accuracy.items()},
+                "initial": {k: _tensor(v) for k, v in self._initial.items()}, "figures": figures,
+                "experiences_trained": -1 if self._experiences_trained is None else int(self._experiences_trained),
+                "written": [p.name for p in self._written], "dirty": self._dirty}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned; ``results.json`` and the plots are rewritten from it when the
+        resumed run starts (``before_run``, rank 0).
+
+        :raises LoggerResumeError: when ``state`` is not a report's state_dict(), naming what is wrong.
+        """
+        if not isinstance(state, dict) or state.get("logger") != "report":
+            raise LoggerResumeError("the report logger cannot resume from this state: it is not a report logger's "
+                                    f"state_dict() ({type(state).__name__})")
+        if state.get("format") != STATE_FORMAT:
+            raise LoggerResumeError(f"the report logger cannot resume from this state: format "
+                                    f"{state.get('format')!r}, this version reads format {STATE_FORMAT}")
+        for name in state["written"]:
+            if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
+                raise LoggerResumeError(f"the report logger cannot resume from this state: {name!r} is not a file "
+                                        f"name in the run folder")
+        self._final = {str(k): float(v) for k, v in state["final"].items()}
+        self._matrices = dict(state["matrices"])
+        self._accuracy = dict(state["accuracy"])
+        self._initial = dict(state["initial"])
+        self._figures = {k: bytes(v.numpy().tobytes()) for k, v in state["figures"].items()}
+        self._figure_pngs = {k: (self._figures[k], v) for k, v in state["figures"].items()}
+        trained = int(state["experiences_trained"])
+        self._experiences_trained = None if trained < 0 else trained
+        self._written = [self.run_dir / name for name in state["written"]]
+        self._dirty = bool(state["dirty"])
+        self._status, self._error = "running", None
+
+
+def _tensor(value: Any) -> torch.Tensor:
+    """A matrix or vector received (a tensor on any device, or an array) as a CPU tensor."""
+    return value.detach().cpu() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
 
 
 def _safe(name: str) -> str:
