@@ -229,6 +229,25 @@ def _dry_check(model: Any, model_name: str, benchmark: Any) -> None:
                          f" (set its num_classes option, or leave it out so that clkernel run fills it)")
 
 
+def _final_accuracy(strategy: Any, stream: Any) -> float:
+    """Top-1 accuracy of the trained model on every sample of ``stream`` (the fallback summary of a run without
+    any metric plugin)."""
+    import torch
+
+    from clkernel.data import iterate_minibatches
+    from clkernel.modules import adapt_model, eval_mode, model_forward
+
+    s, correct, total = strategy.state, 0, 0
+    with torch.no_grad(), eval_mode(s.model):
+        for exp in stream:
+            adapt_model(s.model, exp, device=s.device).eval()  # multi-head models: the head of exp's task
+            for x, y, t in iterate_minibatches(exp.dataset.eval(), s.eval_mb_size, shuffle=False):
+                out = model_forward(s.model, x.to(s.device), t.to(s.device))
+                correct += int((out.argmax(1).cpu() == y).sum())
+                total += len(y)
+    return round(correct / max(total, 1), 4)
+
+
 def _needs_run_dir(kind: str, spec: Any) -> bool:
     """Whether the component's factory takes ``run_dir`` and the user left it out: it is built once the run
     folder exists."""
@@ -276,6 +295,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                    input_size=math.prod(shape), in_channels=shape[0] if shape else 1)
     config["data_root"] = (benchmark.info.get("dataset_root") or config["data_root"]
                            or os.environ.get("CLKERNEL_DATA") or None)
+    missing = [n for n in config["eval_streams"] if n not in benchmark.streams]
+    if missing:
+        raise UsageError(f"--eval-streams: benchmark {bench_name} has no stream {missing[0]!r}; its streams: "
+                         f"{', '.join(benchmark.streams)}")
     model = _build("model", config["model"], context, used)
     _dry_check(model, next(k for k in used if k.startswith("model:")).split(":", 1)[1], benchmark)
     # plugins and metrics that write into the run folder are built once it exists; the others now
@@ -303,7 +326,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config["output"] = str(run_dir)
     configure_logging(args.log_format, log_file=run_dir / "events.jsonl")
     if not config["metric"]:
-        _missing_warning("metric", "clkernel-metrics", "the run computes no accuracy (results stay empty)")
+        _missing_warning("metric", "clkernel-metrics", "the final accuracy is computed once, at the end, and printed here")
     if not config["logger"]:
         _missing_warning("logger", "clkernel-loggers", "nothing is saved: the final results are printed here")
     if config["optimizer"] == "sgd":
@@ -313,12 +336,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     strategy = Strategy(model, optimizer, torch.nn.CrossEntropyLoss(),
                         plugins=[*built["plugin"], *built["metric"], *loggers],
                         train_mb_size=config["mb_size"], train_epochs=config["epochs"],
-                        eval_mb_size=config["eval_mb_size"], device=device, eval_every=0,
+                        eval_mb_size=config["eval_mb_size"], device=device, eval_every=config["eval_every"],
                         on_nonfinite=config["on_nonfinite"])
     log.info("run_start", kernel=clkernel.__version__, components=used, seed=config["seed"], device=str(device),
              run_dir=str(run_dir), data_root=config["data_root"])
     try:
-        results = run(strategy, benchmark, eval_streams=("test",))
+        results = run(strategy, benchmark, eval_streams=config["eval_streams"])
     except NonFiniteLossError as e:  # diverged: the message says where and what; a traceback would add nothing
         log.error("run_failed", error=str(e), run_dir=str(run_dir))
         return EXIT_FAILED
@@ -326,7 +349,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = {k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v) for k, v in results.items()
                if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)}
     log.info("run_end", run_dir=str(run_dir), results=summary)
-    if not config["logger"]:
+    if not config["metric"]:  # no metric computed anything: still show what the run reached
+        summary = {f"accuracy/{name}": _final_accuracy(strategy, benchmark.streams[name])
+                   for name in config["eval_streams"]}
+    if not config["logger"] or not config["metric"]:
         print(f"final results: {json.dumps(summary, default=str)}")
     print(f"run finished; results in {run_dir}")
     for path in files:
@@ -386,6 +412,11 @@ def _parser() -> _Parser:
     p.add_argument("--eval-mb-size", dest="eval_mb_size", type=int,
                    help=f"evaluation minibatch size (default: {RUN_KEYS['eval_mb_size']})")
     p.add_argument("--seed", type=int, help=f"default: {RUN_KEYS['seed']}")
+    p.add_argument("--eval-every", dest="eval_every", type=int,
+                   help="evaluate the eval streams: -1 never, 0 after each experience (default), K also every K "
+                        "epochs within an experience")
+    p.add_argument("--eval-streams", dest="eval_streams",
+                   help="comma-separated streams of the benchmark to evaluate (default: test), e.g. valid,test")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--output", help="run folder (default: a new runs/<YYYYmmdd-HHMMSS>-<benchmark>[-N]); an "
                    "existing folder must be empty, unless --overwrite")

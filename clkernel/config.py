@@ -32,7 +32,8 @@ __all__ = ["CONFIG_ALIASES", "INT_LIMITS", "LIST_KEYS", "RUN_KEYS", "SEED_MAX", 
 RUN_KEYS: dict[str, Any] = {
     "benchmark": None, "model": None, "plugin": [], "metric": [], "logger": [], "optimizer": "sgd",
     "lr": 0.01, "momentum": 0.9, "epochs": 1, "mb_size": 32, "eval_mb_size": 256, "seed": 0,
-    "device": None, "output": None, "data_root": None, "on_nonfinite": "raise"}
+    "device": None, "output": None, "data_root": None, "on_nonfinite": "raise", "eval_every": 0,
+    "eval_streams": ["test"]}
 
 #: Config-file spellings accepted for a key (besides ``-`` for ``_``).
 CONFIG_ALIASES: dict[str, str] = {"plugins": "plugin", "metrics": "metric", "loggers": "logger"}
@@ -43,7 +44,7 @@ LIST_KEYS = ("plugin", "metric", "logger")
 #: Integer keys and their inclusive bounds. The upper bounds only catch typos: a run of a million epochs, or a
 #: minibatch of more than 2**20 samples, is not something anyone means.
 INT_LIMITS: dict[str, tuple[int, int]] = {"epochs": (1, 10**6), "mb_size": (1, 2**20), "eval_mb_size": (1, 2**20),
-                                          "seed": (0, 2**63 - 1)}
+                                          "seed": (0, 2**63 - 1), "eval_every": (-1, 10**6)}
 #: The largest seed (torch takes seeds up to 2**64 - 1, but numpy and most tools take 63 bits).
 SEED_MAX = INT_LIMITS["seed"][1]
 
@@ -140,6 +141,18 @@ def _text(value: Any, shown: str, what: str) -> str:
     if "\x00" in value:
         raise UsageError(f"{shown} holds a NUL character: {_short(value)}")
     return value
+
+
+def _stream_names(value: Any, shown: str) -> list[str]:
+    """Stream names: a comma-separated text (``valid,test``) or a list of strings; none empty, none twice."""
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not names:
+        raise UsageError(f"{shown} must be stream names (valid,test or a list), got {_short(value)}")
+    names = [_text(n, shown, "a stream name").strip() for n in names]
+    doubled = sorted({n for n in names if names.count(n) > 1})
+    if doubled:
+        raise UsageError(f"{shown} names stream {doubled[0]!r} twice")
+    return names
 
 
 def _choice(key: str, value: Any, shown: str) -> str:
@@ -379,6 +392,7 @@ def resolve_run_config(args: argparse.Namespace) -> dict[str, Any]:
     config["lr"] = _float(config["lr"], shown["lr"], "a finite number > 0")
     if config["lr"] <= 0:
         raise UsageError(f"{shown['lr']} must be a finite number > 0, got {config['lr']!r}")
+    config["eval_streams"] = _stream_names(config["eval_streams"], shown["eval_streams"])
     config["momentum"] = _float(config["momentum"], shown["momentum"], "a finite number >= 0")
     if config["momentum"] < 0:
         raise UsageError(f"{shown['momentum']} must be a finite number >= 0, got {config['momentum']!r}")

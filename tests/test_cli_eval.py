@@ -1,0 +1,62 @@
+"""``clkernel run`` evaluates the streams it is told to, as often as it is told to, and shows the final accuracy
+even when no metric package is installed (computed once at the end, equal to what clkernel-metrics computes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("clkernel_benchmarks")
+pytest.importorskip("clkernel_metrics")
+
+ARGS = ("--benchmark", "split-digits", "--model", "simple-mlp", "--epochs", "2", "--seed", "3",
+        "--logger", "jsonl")
+
+
+def _clkernel(cwd: Path, *args: str, disable: str = "") -> subprocess.CompletedProcess:
+    env = {**os.environ, "CLKERNEL_DISABLE_PLUGINS": disable}
+    return subprocess.run([sys.executable, "-m", "clkernel.cli", "--log-format", "json", "run", *args],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def test_eval_streams_and_eval_every_choose_what_is_evaluated_and_when(tmp_path):
+    done = _clkernel(tmp_path, *ARGS, "--eval-streams", "train,test", "--eval-every", "1", "--output", "run")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    streams = {r["name"].rsplit("/", 1)[1] for r in rows if r["name"].startswith("acc_stream/eval/")}
+    assert streams == {"train", "test"}
+    evaluations = [r for r in rows if r["name"] == "acc_stream/eval/test"]
+    # 5 experiences x 2 epochs, evaluated after every epoch: after epoch 1 (eval_every) and at the experience's end
+    assert len(evaluations) == 10
+
+
+def test_a_stream_the_benchmark_lacks_is_a_usage_error_and_nothing_is_created(tmp_path):
+    done = _clkernel(tmp_path, *ARGS, "--eval-streams", "test,valid", "--output", "run")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "clkernel run: error: --eval-streams: benchmark split-digits has no stream 'valid'; its streams: train, test"]
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("value, message", [("test,test", "names stream 'test' twice"), (",", "is empty")])
+def test_bad_stream_lists_are_usage_errors(tmp_path, value, message):
+    done = _clkernel(tmp_path, *ARGS, "--eval-streams", value)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_without_a_metric_package_the_console_still_shows_the_final_accuracy(tmp_path):
+    metrics = _clkernel(tmp_path, *ARGS, "--output", "with")
+    bare = _clkernel(tmp_path, *ARGS, "--output", "without", disable="clkernel-metrics")
+    assert metrics.returncode == 0 and bare.returncode == 0, bare.stderr
+    assert "pip install clkernel-metrics" in bare.stderr
+    line = next(x for x in bare.stdout.splitlines() if x.startswith("final results: "))
+    printed = json.loads(line.removeprefix("final results: "))["accuracy/test"]
+    rows = [json.loads(line) for line in (tmp_path / "with" / "metrics.jsonl").read_text().splitlines()]
+    final = [r["value"] for r in rows if r["name"] == "acc_stream/eval/test"][-1]
+    assert 0.1 < final and printed == pytest.approx(final, abs=1e-4)
