@@ -7,7 +7,9 @@ lower bound. Published: DER++ 91.00 +- 1.49 (class-IL, buffer 500; Buzzega et al
 
 Differences from the paper's code, kept on purpose: the buffer is clkernel-replay's reservoir policy, updated at
 the end of each experience with logits recorded then (Avalanche's choice), not per minibatch with the logits of the
-moment; inputs are normalised by the split-mnist benchmark (mean/std) where Mammoth uses raw [0, 1] pixels.
+moment. Inputs are Mammoth's raw [0, 1] pixels: the split-mnist benchmark normalises them (mean 0.1307, std 0.3081)
+and a transform undoes that. With the normalised inputs, alpha 1.0 and lr 0.03 diverge (the DER term reached inf
+in experience 2 with seed 0: end-of-experience logits up to 57 in absolute value).
 
     CLKERNEL_DATA=/work/shared/data .venv/bin/python contrib/der/bench/reproduce.py [--seeds 0 1 2]
 
@@ -33,11 +35,17 @@ from clkernel_der import DERpp
 PUBLISHED = "91.00 +- 1.49 (Buzzega et al., 2020, NeurIPS, Table 2: S-MNIST, Class-IL, buffer 500)"
 
 
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """Undo split-mnist's normalisation: pixels back in [0, 1], as Mammoth feeds them."""
+    return x * 0.3081 + 0.1307
+
+
 def run(method: str, seed: int, root: str) -> tuple[float, float]:
     """Final accuracy of ``method`` (``derpp`` or ``naive``): (mean over the five experiences, whole test stream)."""
     torch.manual_seed(seed)
     bench = clkernel.load("benchmark", "split-mnist", dataset_root=root, download=False, seed=seed,
-                          fixed_class_order=list(range(10)))
+                          fixed_class_order=list(range(10)), train_transform=to_unit_range,
+                          eval_transform=to_unit_range)
     model = clkernel.load("model", "simple-mlp", num_classes=10, input_size=784, hidden_size=100, hidden_layers=2,
                           drop_rate=0.0)
     plugins = [clkernel.load("metric", "accuracy")]
