@@ -141,6 +141,8 @@ class AMP:
 
     @clkernel.hookimpl
     def before_forward(self, state: TrainState) -> None:
+        if self.device_type is None:  # resumed inside an experience: before_training did not fire
+            self._setup(state)
         _wrap(state.model, self.device_type, self.dtype)  # type: ignore[arg-type]
 
     @clkernel.hookimpl
@@ -155,6 +157,8 @@ class AMP:
     @clkernel.hookimpl
     def before_eval_forward(self, state: TrainState) -> None:
         if self.eval_autocast:
+            if self.device_type is None:
+                self._setup(state)
             _wrap(state.model, self.device_type, self.dtype)  # type: ignore[arg-type]
 
     @clkernel.hookimpl

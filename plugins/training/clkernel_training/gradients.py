@@ -150,10 +150,10 @@ class GradAccumulation:
         return self._count
 
     def state_dict(self) -> dict[str, Any]:
-        """The sums of the current group (copies; empty between groups) and its counts."""
+        """The sums of the current group (copies; empty between groups), its counts, and the epoch's length."""
         return {"sums": {i: t.clone() for i, t in self._sums.items()}, "count": self._count,
-                "samples": self._samples}
+                "samples": self._samples, "length": self._length}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._sums = {int(i): t.clone() for i, t in state["sums"].items()}
-        self._count, self._samples = int(state["count"]), int(state["samples"])
+        self._count, self._samples, self._length = int(state["count"]), int(state["samples"]), state["length"]

@@ -14,17 +14,17 @@ __all__ = ["PLUGINS", "amp", "early_stopping", "ema", "grad_accumulation", "grad
            "register_plugins"]
 
 
-def lr_scheduler(name: str, step_every: str = "epoch", reset_per_experience: bool = False,
+def lr_scheduler(scheduler: str, step_every: str = "epoch", reset_per_experience: bool = False,
                  monitor: str | None = None, log_every: str | None = None, **options: Any) -> Any:
-    """A torch.optim.lr_scheduler class by name, with its own options (lr-scheduler:name=StepLR,step_size=2).
+    """A torch.optim.lr_scheduler class by name, with its own options (lr-scheduler:scheduler=StepLR,step_size=2).
 
-    step_every: epoch or iteration (every optimizer update); reset_per_experience restarts the schedule at each
+    scheduler: the class name (CosineAnnealingLR, StepLR, OneCycleLR, ReduceLROnPlateau...); step_every: epoch or iteration (every optimizer update); reset_per_experience restarts the schedule at each
     experience; monitor: the metric ReduceLROnPlateau steps on; log_every: epoch, iteration or never (default:
     step_every). Any other option goes to the scheduler class, checked against its signature.
     """
     from clkernel_training.scheduler import LRScheduler
 
-    return LRScheduler(name, step_every=step_every, reset_per_experience=reset_per_experience, monitor=monitor,
+    return LRScheduler(scheduler, step_every=step_every, reset_per_experience=reset_per_experience, monitor=monitor,
                        log_every=log_every, **options)
 
 

@@ -83,7 +83,7 @@ def _check_options(cls: type, options: Mapping[str, Any], owner: str) -> None:
                 raise ValueError(f"{where}: option {key}={value!r} must be {annotation}")
     missing = [k for k, p in params.items() if p.default is p.empty and k not in options]
     if missing:
-        raise ValueError(f"{where} needs option {missing[0]}: give it as {owner}:name={cls.__name__},"
+        raise ValueError(f"{where} needs option {missing[0]}: give it as {owner}:scheduler={cls.__name__},"
                          f"{missing[0]}=... (its options: {', '.join(params)})")
 
 
@@ -223,6 +223,8 @@ class LRScheduler:
     @clkernel.hookimpl
     def after_update(self, state: TrainState) -> None:
         if self.step_every == "iteration" or self.log_every == "iteration":
+            if self.scheduler is None:  # resumed inside an experience: before_training_exp did not fire
+                self._build(state.optimizer)
             if self.log_every == "iteration":
                 self._log(state, "mb", [group["lr"] for group in state.optimizer.param_groups])
             if self.step_every == "iteration" and optimizer_updated(state.optimizer):
@@ -230,6 +232,8 @@ class LRScheduler:
 
     @clkernel.hookimpl(trylast=True)  # after the metric plugins: a monitored training metric is logged by then
     def after_training_epoch(self, state: TrainState) -> None:
+        if self.scheduler is None:  # resumed inside an experience: before_training_exp did not fire
+            self._build(state.optimizer)
         if self.log_every == "epoch":
             self._log(state, "epoch", self._epoch_lrs)
         if self.monitor is None:
@@ -247,6 +251,8 @@ class LRScheduler:
         value = self.monitor.eval_value(state, self._index)
         if value is not None:
             self._window = False
+            if self.scheduler is None:
+                self._build(state.optimizer)
             self._step_on(value)
 
     @clkernel.hookimpl
@@ -289,7 +295,7 @@ class LRScheduler:
             copy.deepcopy(self._pending)
         return {"scheduler": sched, "initial_lrs": None if self._initial_lrs is None else list(self._initial_lrs),
                 "experiences": self._experiences, "index": self._index, "window": self._window,
-                "measured": self._measured}
+                "measured": self._measured, "epoch_lrs": list(self._epoch_lrs)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Load what :meth:`state_dict` returned; the scheduler is rebuilt on the optimizer when training starts
@@ -299,3 +305,4 @@ class LRScheduler:
         self._initial_lrs = None if state["initial_lrs"] is None else list(state["initial_lrs"])
         self._experiences, self._index = int(state["experiences"]), state["index"]
         self._window, self._measured = bool(state["window"]), bool(state["measured"])
+        self._epoch_lrs = list(state["epoch_lrs"])

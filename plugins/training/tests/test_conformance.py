@@ -8,8 +8,8 @@ import pytest
 from clkernel.testing import check_training_plugin
 
 CASES = {
-    "lr-scheduler-epoch": ("lr-scheduler", {"name": "StepLR", "step_size": 1, "gamma": 0.5}),
-    "lr-scheduler-iteration-reset": ("lr-scheduler", {"name": "CosineAnnealingLR", "T_max": 20,
+    "lr-scheduler-epoch": ("lr-scheduler", {"scheduler": "StepLR", "step_size": 1, "gamma": 0.5}),
+    "lr-scheduler-iteration-reset": ("lr-scheduler", {"scheduler": "CosineAnnealingLR", "T_max": 20,
                                                        "step_every": "iteration", "reset_per_experience": True}),
     "early-stopping": ("early-stopping", {"monitor": "acc_stream/eval/test", "patience": 1}),
     "grad-clip": ("grad-clip", {"max_norm": 0.5}),
