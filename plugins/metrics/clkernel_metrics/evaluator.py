@@ -84,6 +84,32 @@ def _transfer(items: list[tuple[str, Deferred]]) -> dict[str, Any]:
             for (key, d), piece in zip(items, flat.split([d.tensor.numel() for _, d in items]))}
 
 
+_DROP = object()
+
+
+def _plain(value: Any) -> Any:
+    """A history value as a checkpoint holds it (numbers, strings, None and tensors; containers of them), or
+    ``_DROP`` for anything else (a figure)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.Tensor):
+        return _compact(value.detach())
+    if type(value).__module__ == "numpy" and hasattr(value, "dtype"):
+        return torch.as_tensor(value)
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return _DROP if any(v is _DROP for v in items) else type(value)(items)
+    if isinstance(value, dict):
+        out = {k: _plain(v) for k, v in value.items()}
+        return _DROP if any(v is _DROP for v in out.values()) else out
+    return _DROP
+
+
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy of it when it views a larger storage (``torch.save`` would write the whole storage)."""
+    return t.clone() if t.untyped_storage().nbytes() > t.nbytes else t
+
+
 class _one_thread:
     """Runs the metric reductions on one intra-op thread: they are small, and waking OpenMP threads for them
     costs more than it saves (much more when other processes hold the cores)."""
@@ -228,6 +254,10 @@ class PluginMetric:
     def update(self, chunk: Chunk) -> None:
         """Accumulate from a chunk of minibatches (only when ``uses_outputs``)."""
 
+    def before_run(self, state: TrainState) -> dict[str, Any] | None:
+        """At the kernel's ``before_run`` event (after ``load_state_dict`` when a run resumes): ``{name: value}``
+        to log, or None."""
+
     def before_training(self, state: TrainState) -> dict[str, Any] | None:
         """At the kernel's ``before_training`` event: ``{name: value}`` to log, or None."""
 
@@ -262,7 +292,8 @@ class PluginMetric:
         """At the kernel's ``after_eval`` event: ``{name: value}`` to log, or None."""
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint needs to resume the family (plain Python values and tensors)."""
+        """What a checkpoint needs to resume the family (plain Python values and tensors): every accumulator that
+        lives across the events between which a checkpoint may be taken (training iterations, experience ends)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -339,19 +370,49 @@ class Evaluator:
         self._history, self._unsynced = {}, []
 
     def state_dict(self) -> dict[str, Any]:
-        """The history and every family's state, for a checkpoint (``torch.save`` with ``weights_only``)."""
-        return {"history": self.all_metrics(), "metrics": [m.state_dict() for m in self.metrics]}
+        """Everything a resumed run needs to emit what the uninterrupted run emits, bit for bit, for a checkpoint
+        (``torch.save``, loadable with ``torch.load(weights_only=True)``): the history (values that are not
+        numbers, strings or tensors, such as figures, are left out), every family's state, the minibatches
+        buffered since the last flush (the families have not seen them yet: flushing them now would change how
+        sums are grouped, and so their last bits) and the number of tasks and classes of the experience in
+        progress. Taking it changes nothing in the run."""
+        history = {}
+        for name, values in self.all_metrics().items():
+            kept = [(step, v) for step, v in ((step, _plain(v)) for step, v in values) if v is not _DROP]
+            if kept:
+                history[name] = kept
+        buffer = {"outputs": [_compact(t) for t in self._outputs], "targets": [_compact(t) for t in self._targets],
+                  "tasks": [_compact(t) for t in self._tasks],
+                  "losses": [None if t is None else _compact(t) for t in self._losses]}
+        return {"history": history, "metrics": [m.state_dict() for m in self.metrics], "buffer": buffer,
+                "num_tasks": self._num_tasks, "num_labels": self._num_labels}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (the same families, in the same order)."""
+        """Restore what :meth:`state_dict` returned (the same families, in the same order).
+
+        :raises ValueError: when ``state`` holds another number of families than this evaluator has.
+        """
+        if len(state["metrics"]) != len(self.metrics):
+            raise ValueError(f"{self.name}: the state holds {len(state['metrics'])} metric families, this evaluator "
+                             f"has {len(self.metrics)} ({', '.join(type(m).__name__ for m in self.metrics)})")
         self._history = {k: [tuple(x) for x in v] for k, v in state["history"].items()}  # type: ignore[misc]
         self._unsynced = []
         for m, s in zip(self.metrics, state["metrics"]):
             m.load_state_dict(s)
+        self._clear()
+        buffer = state.get("buffer")  # absent from older checkpoints
+        if buffer:
+            self._outputs, self._targets = list(buffer["outputs"]), list(buffer["targets"])
+            self._tasks, self._losses = list(buffer["tasks"]), list(buffer["losses"])
+            self._buffered = sum(t.numel() for t in self._outputs)
+            self._place = bool(self._outputs)  # moved to the training device at the first flush
+        self._num_tasks = int(state.get("num_tasks", 1))
+        self._num_labels = int(state.get("num_labels", 0))
 
     # ------------------------------------------------------------------ internals
 
     def _clear(self) -> None:
+        self._place = False
         self._outputs: list[torch.Tensor] = []
         self._targets: list[torch.Tensor] = []
         self._tasks: list[torch.Tensor] = []
@@ -361,6 +422,12 @@ class Evaluator:
     def _flush(self, state: TrainState, phase: str) -> None:
         if not self._outputs:
             return
+        if self._place:  # minibatches restored from a checkpoint join those of the resumed run's device
+            device = self._outputs[-1].device
+            self._outputs, self._targets, self._tasks = ([t.to(device) for t in ts]
+                                                         for ts in (self._outputs, self._targets, self._tasks))
+            self._losses = [None if t is None else t.to(device) for t in self._losses]
+            self._place = False
         outs, ys, ts = self._outputs, self._targets, self._tasks
         one = len(outs) == 1
         chunk = Chunk(phase, outs[0] if one else torch.cat(outs), ys[0] if one else torch.cat(ys),
@@ -408,6 +475,10 @@ class Evaluator:
         self._tasks.append(mb[2])  # type: ignore[index]
 
     # ------------------------------------------------------------------ training events
+
+    @clkernel.hookimpl
+    def before_run(self, state: TrainState) -> None:
+        self._boundary("before_run", state)
 
     @clkernel.hookimpl
     def before_training(self, state: TrainState) -> None:

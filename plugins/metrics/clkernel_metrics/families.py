@@ -140,6 +140,17 @@ class _MeanFamily(PluginMetric):
         self._exps = []
         self._tasks: set[int] = set()
 
+    def state_dict(self) -> dict[str, Any]:
+        """The training epoch's sums so far (``epoch``: a :class:`Mean`'s state) and the last minibatch's (``last``:
+        ``[total, n]`` or None), as accumulated, so that a run resumed mid-epoch emits the same running and epoch
+        values. (Evaluation sums are not kept: a checkpoint is never taken inside an evaluation.)"""
+        return {"epoch": self._epoch.state_dict(), "last": None if self._last is None else list(self._last)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._epoch.load_state_dict(state["epoch"])
+        last = state["last"]
+        self._last = None if last is None else (last[0], int(last[1]))
+
     def before_eval_exp(self, state: TrainState) -> None:
         self._exp.reset()
 
@@ -304,6 +315,13 @@ class ClassAccuracyMetrics(PluginMetric):
 
     def after_training_epoch(self, state: TrainState) -> dict[str, Any] | None:
         return self._emit("epoch", "train", state) if self.epoch else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The ``[C, 2]`` counts of the training epoch so far (and of the evaluation periods), or None."""
+        return {"counts": dict(self._counts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._counts = {"epoch": None, "exp": None, "stream": None, **state["counts"]}
 
     def before_eval(self, state: TrainState) -> None:
         self._counts["stream"] = None
@@ -493,8 +511,12 @@ class AccuracyMatrixMetrics(PluginMetric):
         return out
 
     def state_dict(self) -> dict[str, Any]:
+        """The matrices, the last origin experience trained to its end, whether the last one trained ended its
+        origin, whether a training experience is in progress (a checkpoint inside one: a periodic evaluation
+        after resuming must not record a row), and whether the FWT warning was given."""
         return {"matrices": {k: m.state_dict() for k, m in self.matrices.items()},
-                "trained": -1 if self._trained is None else self._trained, "complete": self._complete}
+                "trained": -1 if self._trained is None else self._trained, "complete": self._complete,
+                "in_experience": self._in_experience, "warned": self._warned}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.matrices = {}
@@ -503,6 +525,8 @@ class AccuracyMatrixMetrics(PluginMetric):
             self.matrices[k].load_state_dict(s)
         self._trained = None if state["trained"] < 0 else int(state["trained"])
         self._complete = bool(state.get("complete", True))  # absent from older checkpoints
+        self._in_experience = bool(state.get("in_experience", False))
+        self._warned = bool(state.get("warned", False))
 
 
 # ---------------------------------------------------------------------------------------------- resources
@@ -521,15 +545,38 @@ class ResourceMetrics(PluginMetric):
         self.quantity, self.make = quantity, make
         self.epoch, self.experience, self.stream = epoch, experience, stream
         self._meters: dict[tuple[str, str], Any] = {}
+        self._resumed: dict[tuple[str, str], dict[str, Any]] = {}  # meter states loaded, not yet restored
 
     def _start(self, granularity: str, phase: str, state: TrainState, wanted: bool) -> None:
         if not wanted:
             return
         key = (granularity, phase)
+        self._resumed.pop(key, None)  # a new period: what was saved of the last one no longer matters
         if key not in self._meters:
             self._meters[key] = self.make(state)
         if self._meters[key] is not None:
             self._meters[key].reset()
+
+    def before_run(self, state: TrainState) -> None:
+        """A resumed run starts: the periods in progress at the checkpoint continue (their meters are built now,
+        counting what was measured before the checkpoint)."""
+        for key, saved in list(self._resumed.items()):
+            meter = self._meters.get(key) or self.make(state)
+            self._meters[key] = meter
+            if meter is not None:
+                meter.load_state_dict(saved)
+        self._resumed = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Each meter's state (``"granularity/phase"`` -> what its ``state_dict()`` gives), so that periods in
+        progress at a checkpoint (the training call, experience and epoch) count on after resuming."""
+        saved = {f"{g}/{p}": m.state_dict() for (g, p), m in self._meters.items()
+                 if m is not None and hasattr(m, "state_dict")}
+        saved.update({f"{g}/{p}": s for (g, p), s in self._resumed.items()})
+        return {"meters": saved}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resumed = {tuple(k.split("/", 1)): dict(v) for k, v in state["meters"].items()}  # type: ignore[misc]
 
     def _end(self, granularity: str, phase: str, state: TrainState, wanted: bool) -> dict[str, Any] | None:
         meter = self._meters.get((granularity, phase)) if wanted else None

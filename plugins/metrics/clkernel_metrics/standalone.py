@@ -88,6 +88,15 @@ class Mean:
             return math.nan
         return float(self.total) / self.count
 
+    def state_dict(self) -> dict[str, Any]:
+        """``{"total": float or tensor (on its device, as accumulated), "count": int}``: what resumes the sums
+        bit for bit."""
+        return {"total": self.total, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.total, self.count = state["total"], int(state["count"])
+
 
 class Accuracy(Mean):
     """Top-1 accuracy: correct predictions over samples, pooled over every update (sample-weighted)."""
@@ -423,6 +432,26 @@ class WallTime:
         end = self._end if self._end is not None else self._now()
         return end - self._start
 
+    def state_dict(self) -> dict[str, Any]:
+        """``{"elapsed": seconds so far, "running": no update() yet}``; a meter that loads it continues the
+        period from there (the time between the two, a checkpoint's downtime, is not counted)."""
+        running = self._end is None
+        end = self._now() if running else self._end
+        return {"elapsed": _minus(end, self._start), "running": running}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the period of :meth:`state_dict`: ``elapsed`` already counted, measuring on from now."""
+        now = self._now()
+        self._start = _minus(now, state["elapsed"])
+        self._end = None if state["running"] else now
+
+
+def _minus(a: Any, b: Any) -> Any:
+    """``a - b`` for numbers or for tuples / lists of numbers (element-wise)."""
+    if isinstance(a, (tuple, list)):
+        return tuple(x - y for x, y in zip(a, b))
+    return a - b
+
 
 class CPUUsage(WallTime):
     """Average CPU usage of the process, in percent of one core (above 100 with several threads busy), from
@@ -514,6 +543,14 @@ class MaxRAM:
         self.update()
         return self._max
 
+    def state_dict(self) -> dict[str, Any]:
+        """``{"max": MiB}``, the peak so far."""
+        return {"max": float(self._max)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the period: the peak is at least the one recorded."""
+        self._observe(float(state["max"]))
+
     def close(self) -> None:
         """Stop the background sampling."""
         _SAMPLER.discard(self)
@@ -559,6 +596,15 @@ class MaxGPUMemory:
         self.update()
         return self._max / MB
 
+    def state_dict(self) -> dict[str, Any]:
+        """``{"max": bytes}``, the peak so far."""
+        self.update()
+        return {"max": int(self._max)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the period: the peak is at least the one recorded."""
+        self._max = max(self._max, int(state["max"]))
+
 
 class DiskUsage:
     """The total size (MiB) of the files under the given folders (or files), measured at ``update()``.
@@ -598,3 +644,11 @@ class DiskUsage:
         if self._value is None:
             self.update()
         return self._value  # type: ignore[return-value]
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"value": MiB at the last update, or None}``."""
+        return {"value": self._value}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self._value = None if state["value"] is None else float(state["value"])
