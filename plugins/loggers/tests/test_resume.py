@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 import shutil
 import time
@@ -33,7 +34,7 @@ import clkernel
 from clkernel.hookspecs import SPEC
 
 from clkernel_loggers import (
-    CSVLogger, InteractiveLogger, JSONLLogger, ReportLogger, TensorBoardLogger, TextLogger,
+    CSVLogger, InteractiveLogger, JSONLLogger, LoggerResumeError, ReportLogger, TensorBoardLogger, TextLogger,
 )
 
 metrics = pytest.importorskip("clkernel_metrics", reason="the resume test runs the default metrics")
@@ -263,3 +264,128 @@ def test_a_resumed_run_writes_what_the_uninterrupted_run_wrote(run_a, tmp_path, 
     # the lines the interactive logger printed after the checkpoint, and its summary
     assert _without_durations(b.out) == _without_durations(run_a.out[run_a.printed[label]:])
     assert f"== results after {N_EXPS} trained experience(s)" in b.out
+
+
+# ---------------------------------------------------------------------------------------------- files, one by one
+
+def _state() -> Any:
+    return clkernel.TrainState(model=torch.nn.Linear(1, 1), optimizer=None, criterion=None,  # type: ignore[arg-type]
+                               device=torch.device("cpu"), train_mb_size=1, train_epochs=1, eval_mb_size=1)
+
+
+def _log(logger: Any, state: Any, steps: range) -> None:
+    for step in steps:
+        state.iteration = step
+        logger.log_metrics(state, {"loss_epoch/train/train": 1.0 / step, "acc_exp/eval/test/exp000": step / 100})
+    getattr(logger, "flush", lambda: None)()
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+LOGGERS = {"csv": (CSVLogger, "metrics_eval.csv"), "jsonl": (JSONLLogger, "metrics.jsonl"),
+           "text": (TextLogger, "log.txt"), "tensorboard": (TensorBoardLogger, None)}
+
+
+def _path(folder: Path, kind: str) -> Path:
+    name = LOGGERS[kind][1]
+    return folder / name if name else next((folder / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("kind", list(LOGGERS))
+def test_resuming_cuts_the_files_back_when_the_run_starts_not_before(kind, tmp_path):
+    make, state = LOGGERS[kind][0], _state()
+    logger = make(tmp_path)
+    _log(logger, state, range(1, 4))
+    checkpoint = _roundtrip(logger.state_dict())
+    at_checkpoint = _snapshot(tmp_path)
+    _log(logger, state, range(4, 7))  # rows after the checkpoint: a run killed later
+    logger.after_run(state)
+    before = _snapshot(tmp_path)
+    assert before != at_checkpoint
+
+    fresh = make(tmp_path)  # building and loading change nothing on disk
+    fresh.load_state_dict(checkpoint)
+    assert _snapshot(tmp_path) == before
+    assert fresh.state_dict() == checkpoint  # loaded, not started: still the checkpoint
+    fresh.before_run(state)
+    assert _snapshot(tmp_path) == at_checkpoint  # cut back: the rows written after the checkpoint are gone
+    _log(fresh, state, range(4, 7))
+    fresh.after_run(state)
+    if kind == "csv":
+        assert (tmp_path / "metrics_eval.csv").read_text().count("step,wall_time") == 1  # no second header
+        rows = list(csv.DictReader(open(tmp_path / "metrics_eval.csv", newline="")))
+        assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    elif kind == "tensorboard":
+        assert _tensorboard(tmp_path / "tensorboard")["scalars"]["loss_epoch/train/train"] == [
+            (s, pytest.approx(1.0 / s)) for s in range(1, 7)]
+
+
+def test_files_created_after_the_checkpoint_are_removed(tmp_path):
+    state = _state()
+    loggers = [CSVLogger(tmp_path), TensorBoardLogger(tmp_path)]
+    for logger in loggers:
+        _log(logger, state, range(1, 3))
+    checkpoint = _roundtrip([lg.state_dict() for lg in loggers])
+    at_checkpoint = _snapshot(tmp_path)
+    for logger in loggers:
+        logger.log_metrics(state, {"throughput": 3.0})  # a name outside the scheme: metrics_other.csv
+        logger.after_run(state)
+        logger.log_metrics(state, {"acc_stream/eval/test": 0.5})  # after after_run: a second event file
+        logger.after_run(state)
+    assert (tmp_path / "metrics_other.csv").exists() and len(list((tmp_path / "tensorboard").iterdir())) == 2
+    fresh = [CSVLogger(tmp_path), TensorBoardLogger(tmp_path)]
+    for logger, saved in zip(fresh, checkpoint):
+        logger.load_state_dict(saved)
+        logger.before_run(state)
+    assert _snapshot(tmp_path) == at_checkpoint
+
+
+@pytest.mark.parametrize("damage", ["missing", "shorter", "changed"])
+@pytest.mark.parametrize("kind", list(LOGGERS))
+def test_a_file_that_lost_data_stops_the_resume_naming_it(kind, damage, tmp_path):
+    make, state = LOGGERS[kind][0], _state()
+    logger = make(tmp_path)
+    _log(logger, state, range(1, 4))
+    checkpoint = _roundtrip(logger.state_dict())
+    logger.after_run(state)
+    path = _path(tmp_path, kind)
+    size = checkpoint["files"][path.name]["size"]  # TensorBoard wrote hparams since
+    if damage == "missing":
+        path.unlink()
+    elif damage == "shorter":
+        os.truncate(path, size - 1)
+    else:  # the same size, one byte different
+        data = bytearray(path.read_bytes())
+        data[size - 2] ^= 0x01
+        path.write_bytes(bytes(data))
+    before = _snapshot(tmp_path)
+    fresh = make(tmp_path)
+    words = {"missing": "is missing", "shorter": f"holds {size - 1} bytes, the checkpoint recorded {size}",
+             "changed": "does not hold what it held at the checkpoint"}[damage]
+    with pytest.raises(LoggerResumeError, match=re.escape(f"{str(path)!r} {words}")):
+        fresh.load_state_dict(checkpoint)
+    assert _snapshot(tmp_path) == before  # nothing changed
+
+
+@pytest.mark.parametrize("make", [CSVLogger, JSONLLogger, TextLogger, TensorBoardLogger, ReportLogger,
+                                  lambda p: InteractiveLogger(file=io.StringIO())],
+                         ids=["csv", "jsonl", "text", "tensorboard", "report", "interactive"])
+def test_a_state_that_is_not_the_loggers_is_refused(make, tmp_path):
+    logger = make(tmp_path)
+    good = logger.state_dict()
+    for bad, says in [({"logger": "other"}, "cannot resume from this state"),
+                      ({**good, "format": 99}, "format 99"), ([], "cannot resume from this state")]:
+        with pytest.raises(LoggerResumeError, match=says):
+            logger.load_state_dict(bad)
+    logger.load_state_dict(good)  # its own state loads
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))  # and nothing was written
+
+
+def test_a_state_naming_another_file_is_refused(tmp_path):
+    logger = JSONLLogger(tmp_path, filename="a.jsonl")
+    _log(logger, _state(), range(1, 2))
+    checkpoint = logger.state_dict()
+    with pytest.raises(LoggerResumeError, match="it names the file 'a.jsonl', but this logger writes 'b.jsonl'"):
+        JSONLLogger(tmp_path, filename="b.jsonl").load_state_dict(checkpoint)
