@@ -1,0 +1,9 @@
+"""clkernel-rwalk: Riemannian Walk (Chaudhry et al., 2018) as a training plugin.
+
+Names are imported on first use (``lazy_loader``), so importing the package, or its entry point
+``clkernel_rwalk.registration``, does not import torch.
+"""
+
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={"rwalk": ["RWalk"]})

@@ -1,0 +1,61 @@
+"""RWalk composed with replay and the default metrics, in Python and through the real ``clkernel`` command."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import clkernel
+from clkernel import Strategy
+from clkernel_rwalk import RWalk
+
+pytest.importorskip("clkernel_replay", reason="clkernel-replay is not installed")
+pytest.importorskip("clkernel_metrics", reason="clkernel-metrics is not installed")
+pytest.importorskip("clkernel_benchmarks", reason="clkernel-benchmarks is not installed")
+
+
+class Terms:
+    name = "terms"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, set[str], int]] = []
+
+    @clkernel.hookimpl
+    def before_backward(self, state):
+        self.seen.append((state.experience.index, set(state.loss_terms), len(state.mb_y)))
+
+
+def test_rwalk_with_replay_and_default_metrics():
+    benchmark = clkernel.load("benchmark", "split-digits", n_experiences=3, seed=0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    rwalk, terms = RWalk(ewc_lambda=1.0), Terms()
+    replay = clkernel.load("plugin", "replay", mem_size=60, batch_size_mem=16, seed=0)
+    strategy = Strategy(model, torch.optim.SGD(model.parameters(), lr=0.05), plugins=[replay, rwalk, terms,
+                        clkernel.load("metric", "default")], train_mb_size=32, device="cpu",
+                        generator=torch.Generator().manual_seed(0))
+    results = clkernel.run(strategy, benchmark, eval_streams=("test",))
+    assert all(names == set() for e, names, _ in terms.seen if e == 0)
+    assert all(names == {"rwalk"} for e, names, _ in terms.seen if e > 0)
+    assert any(n == 32 + 16 for e, _, n in terms.seen if e > 0)  # replay's samples joined the minibatches
+    assert rwalk.experiences == 3 and set(rwalk.penalty_weights) == {n for n, _ in model.named_parameters()}
+    assert 0.0 <= results["acc_stream/eval/test"] <= 1.0
+    assert all(math.isfinite(v) for v in results.values() if isinstance(v, float))
+
+
+def test_cli_run_with_replay(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "clkernel.cli", "--log-format", "json", "run",
+                           "--benchmark", "split-digits", "--model", "simple-mlp:hidden_size=32",
+                           "--plugin", "replay:mem_size=100", "--plugin", "rwalk:ewc_lambda=0.5,alpha=0.9,delta_t=5",
+                           "--epochs", "1", "--logger", "jsonl", "--device", "cpu", "--output", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    accuracy = [r["value"] for r in records if r["name"] == "acc_stream/eval/test"]
+    assert len(accuracy) == 5 and 0.0 < accuracy[-1] <= 1.0  # evaluated after each of the 5 experiences
