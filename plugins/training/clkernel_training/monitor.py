@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from clkernel import Stream, TrainState, parse_metric_name
 
@@ -128,6 +128,35 @@ class MetricMonitor:
         elif self.stream != state.stream_name:
             raise ValueError(f"{self.owner}: {self.option} {self.metric!r} reads training stream {self.stream!r}, "
                              f"but train() trains on stream {state.stream_name!r}")
+
+    def check_run_config(self, config: Mapping[str, Any], *, between_epochs: bool) -> None:
+        """Before anything is built: the configuration of ``clkernel run`` (``--eval-streams``, ``--eval-every``,
+        ``--epochs``, ``--metric``) must produce the monitored value where it is needed.
+
+        :param between_epochs: the value is needed between the epochs of an experience (early stopping), not only
+            after the experience's last one (``ReduceLROnPlateau``).
+        :raises ValueError: naming the flag to change.
+        """
+        epochs, every = config.get("epochs", 1), config.get("eval_every", 0)
+        streams = list(config.get("eval_streams", ["test"]))
+        needs = []
+        if not config.get("metric", True):
+            needs.append("a metric plugin that computes it (--metric default; the run has none)")
+        if between_epochs and epochs < 2:
+            needs.append(f"--epochs 2 or more, to have epochs to stop (got --epochs {epochs})")
+        if self.phase == "eval":
+            if self.stream not in streams:
+                others = ",".join(s for s in streams if s != self.stream) or "test"
+                needs.append(f"--eval-streams {self.stream},{others} (got --eval-streams {','.join(streams)}), "
+                             f"with a benchmark that has stream {self.stream!r} (e.g. --benchmark "
+                             f"split-digits:valid_size=0.1)")
+            if between_epochs and not 1 <= every < max(epochs, 2):
+                needs.append(f"--eval-every K with 1 <= K < --epochs, to evaluate between epochs (got --eval-every "
+                             f"{every})")
+            elif every < 0:
+                needs.append("--eval-every 0 or more (-1 evaluates nothing)")
+        if needs:
+            raise ValueError(f"{self.owner}: {self.option} {self.metric!r} needs " + "; ".join(needs))
 
     def mark(self, state: TrainState) -> None:
         """At :func:`before_training_epoch`: remember the value logged so far, so that :meth:`train_value` can

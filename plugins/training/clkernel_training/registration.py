@@ -15,32 +15,41 @@ __all__ = ["PLUGINS", "amp", "early_stopping", "ema", "grad_accumulation", "grad
 
 
 def lr_scheduler(scheduler: str, step_every: str = "epoch", reset_per_experience: bool = False,
-                 monitor: str | None = None, log_every: str | None = None, **options: Any) -> Any:
+                 monitor: str | None = None, log_every: str | None = None, config: dict | None = None,
+                 **options: Any) -> Any:
     """A torch.optim.lr_scheduler class by name, with its own options (lr-scheduler:scheduler=StepLR,step_size=2).
 
     scheduler: the class name (CosineAnnealingLR, StepLR, OneCycleLR, ReduceLROnPlateau...); step_every: epoch or iteration (every optimizer update); reset_per_experience restarts the schedule at each
     experience; monitor: the metric ReduceLROnPlateau steps on; log_every: epoch, iteration or never (default:
-    step_every). Any other option goes to the scheduler class, checked against its signature.
+    step_every). Any other option goes to the scheduler class, checked against its signature. config (filled by
+    clkernel run): the monitored metric must be computed and evaluated as the run is configured.
     """
     from clkernel_training.scheduler import LRScheduler
 
-    return LRScheduler(scheduler, step_every=step_every, reset_per_experience=reset_per_experience, monitor=monitor,
-                       log_every=log_every, **options)
+    plugin = LRScheduler(scheduler, step_every=step_every, reset_per_experience=reset_per_experience,
+                         monitor=monitor, log_every=log_every, **options)
+    if config is not None and plugin.monitor is not None:
+        plugin.monitor.check_run_config(config, between_epochs=False)
+    return plugin
 
 
 def early_stopping(monitor: str = "loss_exp/eval/valid", mode: str = "auto", patience: int = 3,
-                   min_delta: float = 0.0, restore_best_weights: bool = True) -> Any:
+                   min_delta: float = 0.0, restore_best_weights: bool = True, config: dict | None = None) -> Any:
     """Stop an experience's epochs when a monitored metric (of a validation stream) stops improving.
 
     monitor: a metric name; loss_exp/eval/valid is the current experience's validation loss (needs an evaluation
     during the experience: clkernel run --eval-every 1 --eval-streams valid,test). mode: min, max or auto (max
     for accuracies); patience: measurements without improvement before stopping; min_delta: the smallest change
-    that counts; restore_best_weights: go back to the best weights when stopping.
+    that counts; restore_best_weights: go back to the best weights when stopping. config (filled by clkernel
+    run): the run must evaluate the monitored stream between epochs.
     """
     from clkernel_training.early_stopping import EarlyStopping
 
-    return EarlyStopping(monitor=monitor, mode=mode, patience=patience, min_delta=min_delta,
-                         restore_best_weights=restore_best_weights)
+    plugin = EarlyStopping(monitor=monitor, mode=mode, patience=patience, min_delta=min_delta,
+                           restore_best_weights=restore_best_weights)
+    if config is not None:
+        plugin.monitor.check_run_config(config, between_epochs=True)
+    return plugin
 
 
 def grad_clip(max_norm: float | None = None, norm_type: float = 2.0, clip_value: float | None = None,

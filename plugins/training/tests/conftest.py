@@ -35,12 +35,27 @@ class Recorder:
         self.epoch_lrs: list[float] = []
         self.epochs: dict[int, int] = {}
         self.params: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        self.final: dict[int, dict[str, torch.Tensor]] = {}  # experience -> weights after its epochs
+        #: (training experience, epoch, inside its epochs, name, value) of every logged number
+        self.log: list[tuple[int | None, int, bool, str, float]] = []
+        self._training: int | None = None
+        self._inside = False
+
+    @clkernel.hookimpl
+    def before_training_exp(self, state: Any) -> None:
+        self._training, self._inside = state.experience.index, True
+
+    @clkernel.hookimpl
+    def after_training_exp(self, state: Any) -> None:
+        self._inside = False
+        self.final[state.experience.index] = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
 
     @clkernel.hookimpl
     def log_metrics(self, state: Any, values: dict[str, Any]) -> None:
         for key, value in values.items():
             if isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1):
                 self.values.setdefault(key, []).append(float(value))
+                self.log.append((self._training, state.epoch, self._inside, key, float(value)))
 
     @clkernel.hookimpl
     def before_training_epoch(self, state: Any) -> None:
