@@ -3,7 +3,7 @@ with A-GEM", ICLR): the training plugin :class:`AGEM` and the projection :func:`
 
 A-GEM replaces GEM's one constraint per past experience by a single one: the update must not increase the
 *average* loss on the episodic memory, estimated on a random sample of it. With ``g`` the minibatch gradient and
-``g_ref`` the gradient of the loss on that sample (the paper's equation 11)::
+``g_ref`` the gradient of the loss on that sample (the paper's update rule)::
 
     g~ = g - (g . g_ref / g_ref . g_ref) g_ref    if g . g_ref < 0,    else g~ = g
 

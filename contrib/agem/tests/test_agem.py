@@ -106,7 +106,7 @@ def test_update_follows_the_single_constraint_formula():
         dot = float(raw @ ref)
         if dot < 0:
             projected += 1
-            expected = raw - dot / float(ref @ ref) * ref  # the paper's equation 11, written out
+            expected = raw - dot / float(ref @ ref) * ref  # the paper's update rule, written out
             torch.testing.assert_close(used, expected, atol=1e-6, rtol=1e-5)
             assert float(used @ ref) > -1e-6
         else:

@@ -1,4 +1,4 @@
-"""agem_project against hand-picked vectors (the paper's equation 11, worked out by hand)."""
+"""agem_project against hand-picked vectors (the paper's update rule, worked out by hand)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ GEM keeps an episodic memory ``M_k`` of a few samples of every past experience `
 the gradient ``g_k`` of the loss on each memory and, when the minibatch gradient ``g`` would increase one of those
 losses (``<g, g_k> < 0`` for some ``k``), replaces ``g`` by the closest vector ``g~`` with ``<g~, g_k> >= 0`` for
 every ``k``. That primal problem, ``min ||g~ - g||^2 / 2 s.t. G g~ >= 0`` with ``G = [g_1; ...; g_t]``, is solved
-through its dual (the paper's equation 11), a quadratic program in ``t`` variables only::
+through its dual (section 3 of the paper), a quadratic program in ``t`` variables only::
 
     min_v  v^T (G G^T) v / 2 + (G g)^T v    s.t.  v >= memory_strength        then  g~ = G^T v + g
 
