@@ -40,7 +40,7 @@ class GradClip:
 
     name = "grad-clip"
 
-    def __init__(self, max_norm: float | None = None, norm_type: float = 2.0, clip_value: float | None = None,
+    def __init__(self, max_norm: float | None = None, norm_type: float | str = 2.0, clip_value: float | None = None,
                  error_if_nonfinite: bool = False) -> None:
         if (max_norm is None) == (clip_value is None):
             raise ValueError(f"{self.name}: give exactly one of max_norm (clip by norm) and clip_value (clip by "

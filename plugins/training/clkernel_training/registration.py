@@ -52,11 +52,11 @@ def early_stopping(monitor: str = "loss_exp/eval/valid", mode: str = "auto", pat
     return plugin
 
 
-def grad_clip(max_norm: float | None = None, norm_type: float = 2.0, clip_value: float | None = None,
+def grad_clip(max_norm: float | None = None, norm_type: float | str = 2.0, clip_value: float | None = None,
               error_if_nonfinite: bool = False) -> Any:
     """Clip the gradients before each optimizer step: by total norm (max_norm, norm_type) or by value (clip_value).
 
-    Exactly one of max_norm and clip_value; norm_type may be inf.
+    Exactly one of max_norm and clip_value; norm_type: a number > 0, or inf (the largest absolute element).
     """
     from clkernel_training.gradients import GradClip
 
