@@ -89,6 +89,7 @@ class ReportLogger:
         self._dirty = False
         self._versions: dict[str, Any] | None = None
         self._status: str = "running"
+        self._failed = False  # a write failed (and was reported)
         self._error: str | None = None
 
     # ------------------------------------------------------------------ events
@@ -134,7 +135,11 @@ class ReportLogger:
             self._status = "completed"
         self._error = getattr(state, "error", None)
         if state.rank == 0:
-            self.write()
+            try:
+                self.write()
+            except OSError:
+                if not self._failed:  # a write that failed before was reported then: the run is ending on it
+                    raise
 
     @clkernel.hookimpl
     def output_files(self, state: TrainState) -> list[Path]:
@@ -158,7 +163,11 @@ class ReportLogger:
         matrices = self.accuracy_matrices()
         written: list[Path] = []
         if self.plots:
-            written += self._plot(matrices)
+            try:
+                written += self._plot(matrices)
+            except OSError:
+                self._failed = True
+                raise
         streams = sorted(set(matrices) | set(self._initial))
         results = {
             "status": self._status,
@@ -176,7 +185,11 @@ class ReportLogger:
             "versions": self._versions,
             "files": [p.name for p in [self.results_path, *written]],
         }
-        write_atomic(self.results_path, json.dumps(results, indent=2, allow_nan=False) + "\n")
+        try:
+            write_atomic(self.results_path, json.dumps(results, indent=2, allow_nan=False) + "\n")
+        except OSError:
+            self._failed = True
+            raise
         written.insert(0, self.results_path)
         for p in written:
             if p not in self._written:
