@@ -43,7 +43,8 @@ FIRST_PARTY = {
                "clkernel-training": "lr-scheduler early-stopping grad-clip amp grad-accumulation ema"},
     "metric": {"clkernel-metrics": "default accuracy loss top-k class-accuracy confusion-matrix accuracy-matrix "
                                    "forgetting bwt fwt cl timing cpu ram gpu disk"},
-    "logger": {"clkernel-loggers": "interactive report text csv jsonl tensorboard", "clkernel-wandb": "wandb"},
+    "logger": {"clkernel-loggers": "interactive report text csv jsonl tensorboard", "clkernel-wandb": "wandb",
+               "clkernel-mlflow": "mlflow"},
 }
 _PROVIDERS = {(kind, name): dist for kind, dists in FIRST_PARTY.items() for dist, names in dists.items()
               for name in names.split()}
