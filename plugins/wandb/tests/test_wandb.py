@@ -9,8 +9,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,6 +21,8 @@ from clkernel.discovery import Registry
 from clkernel_wandb import EXIT_CODES, STEP_METRIC, WandbLogger
 from clkernel_wandb import registration
 
+FAST = ["--benchmark", "split-digits:n_experiences=2", "--model", "simple-mlp:hidden_size=16",
+        "--mb-size", "64"]  # a short `clkernel run`
 W_AND_B_KEYS = {"_step", "_runtime", "_timestamp", STEP_METRIC}
 
 
@@ -272,17 +272,14 @@ def test_an_interrupted_run_resumes_in_the_same_wandb_run(offline, wandb_files, 
     assert (a.files / image["path"]).stat().st_size > 0
 
 
-def test_clkernel_run_sends_metrics_config_accuracy_matrix_and_plots(offline, wandb_files, tmp_path):
+def test_clkernel_run_sends_metrics_config_accuracy_matrix_and_plots(offline, wandb_files, clkernel_run, tmp_path):
     """The command line: run folder, configuration and plots come from `clkernel run` and the report."""
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "clkernel.cli", "run", "--benchmark", "split-digits:n_experiences=2",
-         "--model", "simple-mlp:hidden_size=16", "--logger", "report", "--logger", "jsonl",
-         "--logger", "wandb:mode=offline,tags=cli;digits", "--output", str(out)],
-        capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, stdout, stderr = clkernel_run(*FAST, "--logger", "report", "--logger", "jsonl",
+                                        "--logger", "wandb:mode=offline,tags=cli;digits", "--output", str(out))
+    assert code == 0, stderr[-3000:]
     (folder,) = (out / "wandb").glob("offline-run-*")
-    assert str(folder) in result.stdout.splitlines()[-1]
+    assert str(folder) in stdout.splitlines()[-1]
     run = wandb_files.read_run(folder)
     assert run.exit_code == 0 and run.summary["outcome"] == "completed"
     assert run.run.display_name == "run" and list(run.run.tags) == ["cli", "digits"]
@@ -308,15 +305,13 @@ def test_clkernel_run_sends_metrics_config_accuracy_matrix_and_plots(offline, wa
     assert plots[STEP_METRIC] == max(row["step"] for row in logged)
 
 
-def test_clkernel_run_refuses_a_bad_option_in_one_line_and_creates_nothing(offline, tmp_path):
+def test_clkernel_run_refuses_a_bad_option_in_one_line_and_creates_nothing(offline, clkernel_run, tmp_path):
     (tmp_path / "f").write_text("")
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "clkernel.cli", "run", "--benchmark",
-                             "split-digits:n_experiences=2", "--logger", f"wandb:dir={tmp_path / 'f' / 'x'}",
-                             "--output", str(out)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "wandb: dir" in lines[0] and "is a file" in lines[0], result.stderr
+    code, _, stderr = clkernel_run(*FAST, "--logger", f"wandb:dir={tmp_path / 'f' / 'x'}", "--output", str(out))
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "wandb: dir" in lines[0] and "is a file" in lines[0], stderr
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["f"]
 
 
