@@ -9,6 +9,8 @@ import lazy_loader
 __version__ = "0.2.0"
 
 _EXPORTS = {
+    "checkpoint": ["CheckpointError", "Checkpointer", "latest_checkpoint", "load_checkpoint", "read_checkpoint",
+                   "save_checkpoint"],
     "data": ["CLDataset", "iterate_minibatches"],
     "discovery": ["RegistryError", "available", "load", "registry"],
     "dispatch": ["CompositionError", "PluginError"],
@@ -21,6 +23,6 @@ _EXPORTS = {
 }
 
 __getattr__, __dir__, _lazy_all = lazy_loader.attach(
-    __name__, submodules=["names", "testing", "validate"], submod_attrs=_EXPORTS)
+    __name__, submodules=["checkpoint", "names", "testing", "validate"], submod_attrs=_EXPORTS)
 
 __all__ = sorted([*_lazy_all, "__version__"])

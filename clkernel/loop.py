@@ -6,7 +6,9 @@ events go through callables built once per ``train()`` / ``eval()`` call; an eve
 
 from __future__ import annotations
 
+import copy
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -15,7 +17,7 @@ import torch
 
 from clkernel.data import iterate_minibatches
 from clkernel.dispatch import Dispatcher, PluginError, compose
-from clkernel.modules import DynamicModule, adapt_model, eval_mode, model_forward
+from clkernel.modules import DynamicModule, adapt_model, eval_mode, model_forward, update_optimizer
 from clkernel.state import TrainState
 from clkernel.types import Benchmark, Experience, Stream, as_experiences
 from clkernel.validate import positive_int
@@ -55,6 +57,8 @@ class Strategy:
     :param eval_every: when ``train()`` evaluates its ``eval_streams``: -1 never, 0 after each training
         experience (the default), k > 0 also every k epochs.
     :param generator: the ``torch.Generator`` that shuffles training minibatches (default: torch's global one).
+    :param checkpoint: a :class:`~clkernel.checkpoint.Checkpointer`: write checkpoints as it says (every N
+        iterations, every M minutes, at the end of every training experience, on request); default none.
     :param trace: dispatch every event through pluggy's hook calls, so that
         ``strategy.plugin_manager.add_hookcall_monitoring`` sees them (slower).
     :param on_nonfinite: what a training loss that is nan or inf does: ``"raise"`` (the default) ends
@@ -91,6 +95,7 @@ class Strategy:
         generator: torch.Generator | None = None,
         trace: bool = False,
         on_nonfinite: str = "raise",
+        checkpoint: Any = None,
     ) -> None:
         positive_int(train_mb_size, "train_mb_size", "Strategy")
         positive_int(train_epochs, "train_epochs", "Strategy")
@@ -113,6 +118,8 @@ class Strategy:
         self._check_every = NONFINITE_CHECK_EVERY.get(device.type, NONFINITE_CHECK_EVERY["default"])
         self._warned: tuple[int, int] | None = None  # (experiences_trained, epoch) of the last nonfinite_loss warning
         self.plugin_manager = compose(self.plugins)
+        self.plugin_names = [self.plugin_manager.get_name(p) for p in self.plugins]
+        self.checkpoint = checkpoint
         self.dispatcher = Dispatcher(self.plugin_manager, rank=rank, trace=trace)
         self.state = TrainState(
             model=model.to(device), optimizer=optimizer, criterion=criterion or torch.nn.CrossEntropyLoss(),
@@ -121,8 +128,11 @@ class Strategy:
         )
         self._log_metrics: tuple[tuple[str, Callable[..., Any]], ...] = ()
         self._loss_terms: tuple[tuple[str, Callable[..., Any]], ...] = ()
-        self._started = self._closed = self._initial_eval_asked = False
+        self._started = self._closed = self._initial_eval_asked = self._in_experience = False
         self._output_files: list[Path] = []
+        self._resume: dict[str, Any] | None = None  # the position a loaded checkpoint resumes from
+        self._loader: _EpochLoader | None = None
+        self._skip = 0  # minibatches of the next epoch already trained (resuming inside it)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -195,12 +205,17 @@ class Strategy:
         :raises NonFiniteLossError: when the training loss is nan or inf and ``on_nonfinite="raise"``.
         :raises RuntimeError: when the strategy was closed.
         """
-        exps = as_experiences(experiences, "train")
+        resume, self._resume = self._resume, None
+        exps = as_experiences(experiences, "train") if experiences or resume is None else []
         s = self.state
         s.eval_streams = tuple(_as_stream(x) for x in (eval_streams or ()))
         self._prepare()
-        s.metrics, s.is_training, s.stream_name = {}, True, _stream_name(exps[0], "train")
-        self._fire("before_training")
+        s.is_training, s.stream_name = True, _stream_name(exps[0], "train") if exps else "train"
+        if resume is None or resume["stage"] == "start":
+            s.metrics = {}
+            self._fire("before_training")
+        elif resume["stage"] == "eval" and self.eval_every >= 0:  # the checkpoint came before this evaluation
+            self._evaluate(s.eval_streams)
         if not self._initial_eval_asked and s.experiences_trained == 0:
             self._initial_eval_asked = True
             if any(asked for _, asked in self.dispatcher.collect("needs_initial_eval", state=s)):
@@ -208,25 +223,41 @@ class Strategy:
                     log.warning("initial_eval_skipped", reason="a plugin asked for an evaluation before training, "
                                 "but train() was given no eval_streams")
                 self._evaluate(s.eval_streams)
-        for exp in exps:
-            self._train_experience(exp)
+        for i, exp in enumerate(exps):
+            self._train_experience(exp, resume if i == 0 and resume and resume["stage"] == "train" else None)
         self._fire("after_training")
         return dict(s.metrics)
 
-    def _train_experience(self, exp: Experience) -> None:
-        s = self.state
+    def _train_experience(self, exp: Experience, resume: dict[str, Any] | None = None) -> None:
+        """Train one experience; ``resume`` (a loaded checkpoint's position inside it) re-enters it where the
+        checkpoint was taken: the events that fired before it do not fire again, except the dataset adaptation
+        pair (with ``state.resuming`` set), which builds ``state.dataset`` again."""
+        s, ck = self.state, self.checkpoint
         s.experience, s.stream_name, s.epoch, s.stop_training = exp, _stream_name(exp, "train"), 0, False
         log.info("experience_start", phase="train", experience=exp.index, classes=exp.classes,
-                 samples=len(exp.dataset))
+                 samples=len(exp.dataset), resumed=resume is not None)
         s.model.train()
-        self._fire("before_training_exp")
+        if resume is None:
+            self._fire("before_training_exp")
+        s.resuming = resume is not None
         self._fire("before_train_dataset_adaptation")
         s.dataset = exp.dataset.train()
         self._fire("after_train_dataset_adaptation")
-        s.dataloader = _EpochLoader(s.dataset, s.train_mb_size, True, self.generator)
+        s.resuming = False
+        s.dataloader = self._loader = _EpochLoader(s.dataset, s.train_mb_size, True, self.generator)
         adapt_model(s.model, exp, optimizer=s.optimizer, device=s.device)
-        for s.epoch in range(s.train_epochs):  # modules keep the modes set above for the whole experience
-            self._fire("before_training_epoch")
+        first = 0
+        if resume is not None:  # the epoch in progress: its order again, from the next minibatch on
+            first, self._skip = resume["epoch"], resume["iteration"]
+            self._loader.resume = (resume["iteration"], resume["epoch_rng"])
+            for name, module in s.model.named_modules():  # modes plugins set when the experience began
+                module.training = resume["modes"].get(name, module.training)
+        self._in_experience = True
+        if ck is not None:
+            ck.deferrable = True
+        for s.epoch in range(first, s.train_epochs):  # modules keep the modes set above for the whole experience
+            if resume is None or s.epoch > first:
+                self._fire("before_training_epoch")
             self._train_epoch()
             self._fire("after_training_epoch")
             if self.eval_every > 0 and (s.epoch + 1) % self.eval_every == 0 and s.epoch + 1 < s.train_epochs:
@@ -235,7 +266,10 @@ class Strategy:
                 break
         s.experiences_trained += 1
         self._fire("after_training_exp")
+        self._in_experience = False
         log.info("experience_end", phase="train", experience=exp.index, epochs=s.epoch + 1)
+        if ck is not None:  # always at an experience's end, before its evaluation
+            self._save({"experience": s.experiences_trained, "epoch": 0, "iteration": 0, "stage": "eval"})
         if self.eval_every >= 0:
             self._evaluate(s.eval_streams)
 
@@ -244,10 +278,10 @@ class Strategy:
         before_it, before_fw, after_fw = c["before_training_iteration"], c["before_forward"], c["after_forward"]
         before_bw, after_bw = c["before_backward"], c["after_backward"]
         before_up, after_up, after_it = c["before_update"], c["after_update"], c["after_training_iteration"]
-        terms_fns, model, optimizer = self._loss_terms, s.model, s.optimizer
+        terms_fns, model, optimizer, ck = self._loss_terms, s.model, s.optimizer, self.checkpoint
         move = s.device.type != "cpu"
         check_every, losses, parts = self._check_every, [], []  # the unchecked losses, and their parts
-        s.epoch_iteration = 0
+        s.epoch_iteration, self._skip = self._skip, 0
         for mb in s.dataloader:  # type: ignore[union-attr]
             s.mb = self._to_device(mb) if move else mb
             if before_it: before_it(s)  # noqa: E701
@@ -282,6 +316,10 @@ class Strategy:
             s.iteration += 1
             s.epoch_iteration += 1
             if after_it: after_it(s)  # noqa: E701
+            if ck is not None and (ck.requested is not None or ck.due(s.iteration)):
+                if losses:
+                    self._check_finite(losses, parts, s.epoch_iteration)
+                self._save()
         if losses:
             self._check_finite(losses, parts, s.epoch_iteration)
 
@@ -331,6 +369,120 @@ class Strategy:
     def _evaluate(self, streams: Iterable[Any]) -> None:
         for stream in streams:
             self.eval(stream)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save(self, position: dict[str, Any] | None = None) -> None:
+        ck = self.checkpoint
+        path = ck.save(self, position)
+        log.debug("checkpoint", path=str(path), iteration=self.state.iteration)
+        if position is not None:
+            ck.deferrable = False
+        if ck.requested is not None:  # a signal asked for this checkpoint: the run ends now
+            exc, ck.requested, ck.deferrable = ck.requested, None, False
+            raise exc
+
+    @property
+    def position(self) -> dict[str, Any]:
+        """Where the run stands, as a checkpoint records it: ``{"experience": experiences trained, "epoch",
+        "iteration" (within the epoch), "stage"}``; stage ``"train"`` inside a training experience (between two
+        iterations), else ``"start"`` with epoch and iteration 0."""
+        s = self.state
+        if self._in_experience:
+            return {"experience": s.experiences_trained, "epoch": s.epoch, "iteration": s.epoch_iteration,
+                    "stage": "train"}
+        return {"experience": s.experiences_trained, "epoch": 0, "iteration": 0, "stage": "start"}
+
+    @property
+    def resume_position(self) -> dict[str, Any] | None:
+        """The position a loaded checkpoint resumes from (until training resumes), else None."""
+        return None if self._resume is None else {k: self._resume[k] for k in ("experience", "epoch",
+                                                                                "iteration", "stage")}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs, as tensors and plain containers: ``plugin_names`` (all, in order),
+        ``model`` and ``optimizer`` (their ``state_dict()``), ``plugins`` (name -> ``state_dict()`` of every
+        plugin that has one; the others are stateless), ``loop`` (counters, :attr:`position`, the shuffle state
+        of the epoch in progress, module modes, outcome, the metrics' last values) and ``rng`` (every random
+        generator, :func:`clkernel.checkpoint.rng_state`). Tensors are the live ones, as ``Module.state_dict()``
+        gives them: save (:func:`clkernel.save_checkpoint`) or copy the result before training goes on."""
+        from clkernel.checkpoint import rng_state
+
+        s = self.state
+        loop = {"position": self.position, "experiences_trained": s.experiences_trained, "iteration": s.iteration,
+                "train_mb_size": s.train_mb_size, "train_epochs": s.train_epochs,
+                "epoch_rng": self._loader.epoch_state if self._in_experience and self._loader else None,
+                "modes": {name: m.training for name, m in s.model.named_modules()},
+                "initial_eval_asked": self._initial_eval_asked, "warned": self._warned and list(self._warned),
+                "outcome": s.outcome, "error": s.error,
+                "metrics": {k: v for k, v in s.metrics.items() if isinstance(v, (int, float, str, torch.Tensor))}}
+        return {"plugin_names": list(self.plugin_names), "model": s.model.state_dict(),
+                "optimizer": s.optimizer.state_dict(), "loop": loop, "rng": rng_state(self.generator),
+                "plugins": {name: plugin.state_dict() for name, plugin in zip(self.plugin_names, self.plugins)
+                            if _stateful(plugin)}}
+
+    def load_state_dict(self, state: Any) -> None:
+        """Load what :meth:`state_dict` returned into this strategy, built as the one that gave it (the same
+        plugins in the same order, the same model and optimizer types), before it trains; the next ``train()``
+        continues from the state's position. Everything is checked first (plugin list, model and optimizer on
+        copies); a plugin whose ``load_state_dict`` raises has the plugins loaded before it put back.
+
+        :raises ValueError: naming what does not fit: a missing or extra plugin, a model parameter of another
+            shape, another optimizer layout, another minibatch size or epoch count inside an experience, or a
+            plugin that refused its state.
+        """
+        s = self.state
+        missing = [k for k in ("plugin_names", "model", "optimizer", "plugins", "loop", "rng")
+                   if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise ValueError(f"the state has no {missing[0]!r} entry: it is not a Strategy.state_dict()")
+        saved, names = list(state["plugin_names"]), self.plugin_names
+        gone, extra = [n for n in saved if n not in names], [n for n in names if n not in saved]
+        listing = f"(checkpoint: {', '.join(saved) or 'none'}; strategy: {', '.join(names) or 'none'})"
+        if gone:
+            raise ValueError(f"plugin {gone[0]!r} of the checkpoint's run is missing from this strategy {listing}")
+        if extra:
+            raise ValueError(f"plugin {extra[0]!r} of this strategy is extra: the checkpoint's run had no such "
+                             f"plugin {listing}")
+        if saved != names:
+            raise ValueError(f"the plugins are in another order than in the checkpoint's run {listing}")
+        for name, plugin in zip(names, self.plugins):
+            if _stateful(plugin) != (name in state["plugins"]):
+                raise ValueError(f"plugin {name!r} " + ("has state_dict() but the checkpoint holds no state for it"
+                                 if _stateful(plugin) else "keeps no state but the checkpoint holds some for it"))
+        loop, position = state["loop"], state["loop"]["position"]
+        if position["stage"] == "train":
+            for key in ("train_mb_size", "train_epochs"):
+                if loop[key] != getattr(s, key):
+                    raise ValueError(f"the checkpoint was taken inside an experience with {key}={loop[key]}; "
+                                     f"this strategy has {key}={getattr(s, key)}")
+        if (state["rng"].get("generator") is None) != (self.generator is None):
+            raise ValueError("the checkpoint's run shuffled minibatches with " + (
+                "torch's global generator, this strategy with its own" if self.generator is not None else
+                "its own generator (Strategy(generator=...)), this strategy with torch's global one"))
+        _check_model(s.model, s.optimizer, state["model"], state["optimizer"])
+        done: list[tuple[Any, Any]] = []
+        for name, plugin in zip(names, self.plugins):
+            if name in state["plugins"]:
+                before = plugin.state_dict()
+                try:
+                    plugin.load_state_dict(state["plugins"][name])
+                except Exception as e:
+                    for other, other_state in reversed(done):  # put the plugins loaded so far back
+                        other.load_state_dict(other_state)
+                    raise ValueError(f"plugin {name!r} refused its state: {type(e).__name__}: {e}") from e
+                done.append((plugin, before))
+        s.model.load_state_dict(state["model"])
+        update_optimizer(s.optimizer, s.model)
+        s.optimizer.load_state_dict(state["optimizer"])
+        s.experiences_trained, s.iteration = int(loop["experiences_trained"]), int(loop["iteration"])
+        s.outcome, s.error, s.metrics = loop["outcome"], loop["error"], dict(loop["metrics"])
+        self._initial_eval_asked = bool(loop["initial_eval_asked"])
+        self._warned = tuple(loop["warned"]) if loop["warned"] else None  # type: ignore[assignment]
+        from clkernel.checkpoint import restore_rng_state
+
+        restore_rng_state(state["rng"], self.generator)
+        self._resume = {**position, "epoch_rng": loop["epoch_rng"], "modes": dict(loop["modes"])}
 
     # ------------------------------------------------------------------ evaluation
 
@@ -394,7 +546,7 @@ class Naive(Strategy):
 
 
 def run(strategy: Strategy, benchmark: Benchmark, *, train_stream: str = "train",
-        eval_streams: str | Iterable[str] = ("test",)) -> dict[str, Any]:
+        eval_streams: str | Iterable[str] = ("test",), resume_from: str | Path | None = None) -> dict[str, Any]:
     """Train ``strategy`` on every experience of ``benchmark``'s ``train_stream`` and evaluate its
     ``eval_streams`` as ``strategy.eval_every`` says (default: after each experience, and before the first when
     a plugin asks); then close the strategy (:func:`after_run`, also on error). What ``clkernel run`` does.
@@ -403,15 +555,23 @@ def run(strategy: Strategy, benchmark: Benchmark, *, train_stream: str = "train"
 
     :param eval_streams: names of streams of ``benchmark`` (``"test"``, ``"valid"``...); one name may be given
         as a string.
+    :param resume_from: a checkpoint file (:func:`clkernel.load_checkpoint` loads it first): the run continues
+        from its position. A strategy that loaded a checkpoint itself also continues from it.
     :returns: the last value of every metric logged during the run (numbers, tensors, or whatever the metrics
         logged). ``strategy.close()`` (idempotent) then returns the files the plugins wrote.
     :raises KeyError: naming the stream and the benchmark's streams, for an unknown stream name.
     :raises PluginError, NonFiniteLossError: as :meth:`Strategy.train`; the strategy is closed all the same.
+    :raises CheckpointError: for a checkpoint that cannot be loaded (the strategy is then left as it was).
     """
     names = (eval_streams,) if isinstance(eval_streams, str) else tuple(eval_streams)
     streams = [_named_stream(benchmark, name) for name in (train_stream, *names)]
+    if resume_from is not None:
+        from clkernel.checkpoint import load_checkpoint
+
+        load_checkpoint(resume_from, strategy)
+    start = strategy.resume_position["experience"] if strategy.resume_position else 0
     with strategy:
-        return strategy.train(streams[0], eval_streams=streams[1:])
+        return strategy.train(list(streams[0])[start:], eval_streams=streams[1:])
 
 
 def _outcome_of(exc: BaseException) -> tuple[str, str]:
@@ -421,14 +581,67 @@ def _outcome_of(exc: BaseException) -> tuple[str, str]:
     return kind, f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
+def _stateful(plugin: Any) -> bool:
+    return callable(getattr(plugin, "state_dict", None)) and callable(getattr(plugin, "load_state_dict", None))
+
+
+def _check_model(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: Any,
+                 optimizer_state: Any) -> None:
+    """Load the states into copies of the model and optimizer (dynamic modules rebuild their structure), so
+    that a mismatch is found before anything changes; raise ValueError naming the parameter."""
+    try:
+        model, optimizer = copy.deepcopy((model, optimizer))
+    except Exception:  # noqa: BLE001 - a model that cannot be copied is checked by the load itself
+        return
+    try:
+        model.load_state_dict(model_state)
+    except RuntimeError as e:
+        text = " ".join(str(e).split())
+        size = re.search(r"size mismatch for (\S+): copying a param with shape torch.Size\((\[.*?\])\) from "
+                         r"checkpoint, the shape in current model is torch.Size\((\[.*?\])\)", text)
+        keys = re.search(r"(Missing|Unexpected) key\(s\) in state_dict: \"([^\"]+)\"", text)
+        if size:
+            raise ValueError(f"the model does not fit: parameter {size.group(1)!r} has shape {size.group(2)} in "
+                             f"the checkpoint and {size.group(3)} in the model") from None
+        if keys:
+            raise ValueError(f"the model does not fit: parameter {keys.group(2)!r} is in the " + (
+                "model but not in the checkpoint" if keys.group(1) == "Missing" else
+                "checkpoint but not in the model")) from None
+        raise ValueError(f"the model does not fit: {text[:300]}") from None
+    update_optimizer(optimizer, model)
+    groups = optimizer_state.get("param_groups") if isinstance(optimizer_state, dict) else None
+    if not groups or {k for k in groups[0] if k != "params"} != {k for k in optimizer.param_groups[0]
+                                                                  if k != "params"}:
+        raise ValueError(f"the optimizer does not fit: the checkpoint's is not a {type(optimizer).__name__} "
+                         f"with the same options")
+    try:
+        optimizer.load_state_dict(optimizer_state)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise ValueError(f"the optimizer does not fit: {' '.join(str(e).split())}") from None
+
+
 class _EpochLoader:
-    """A re-iterable loader: each iteration is one epoch of minibatches over ``dataset``."""
+    """A re-iterable loader: each iteration is one epoch of minibatches over ``dataset``. A shuffled epoch records
+    the generator's state before drawing its order (``epoch_state``); ``resume = (minibatches done, that
+    state)`` makes the next epoch draw the same order and skip what was done."""
 
     def __init__(self, dataset: Any, batch_size: int, shuffle: bool, generator: torch.Generator | None) -> None:
         self.dataset, self.batch_size, self.shuffle, self.generator = dataset, batch_size, shuffle, generator
+        self.resume: tuple[int, torch.Tensor] | None = None
+        self.epoch_state: torch.Tensor | None = None
 
     def __iter__(self) -> Any:
-        return iterate_minibatches(self.dataset, self.batch_size, shuffle=self.shuffle, generator=self.generator)
+        if not self.shuffle:
+            return iterate_minibatches(self.dataset, self.batch_size, shuffle=False)
+        (skip, state), self.resume, generator = self.resume or (0, None), None, self.generator
+        if state is None:
+            state = generator.get_state() if generator is not None else torch.get_rng_state()
+        else:
+            generator = torch.Generator().set_state(state)
+        self.epoch_state = state
+        order = torch.randperm(len(self.dataset), generator=generator)
+        return iterate_minibatches(self.dataset, self.batch_size, shuffle=False,
+                                   indices=order[skip * self.batch_size:])
 
     def __len__(self) -> int:
         return -(-len(self.dataset) // self.batch_size)

@@ -55,6 +55,9 @@ class TrainState:
     eval_streams: tuple[Any, ...] = ()
     #: Set by a plugin in after_training_epoch to end the current experience's epochs.
     stop_training: bool = False
+    #: True while the dataset adaptation events fire again for the experience a checkpoint was taken in (a run
+    #: resuming inside it): build ``dataset`` from your state, do not change that state a second time.
+    resuming: bool = False
     #: Last value of every metric logged during the current train()/eval() call: what it returns.
     metrics: dict[str, Any] = field(factory=dict)
     #: Distributed rank and world size (0 and 1 in one process), from ``torch.distributed`` when initialised.

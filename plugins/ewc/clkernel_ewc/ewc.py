@@ -183,6 +183,8 @@ class EWC:
 
     @clkernel.hookimpl
     def loss_terms(self, state: TrainState) -> torch.Tensor | None:
+        if self._sums and not self._anchor:  # loaded from a checkpoint taken inside an experience
+            self._bind(state.model)
         return self.penalty()
 
     # ------------------------------------------------------------------ importances

@@ -220,6 +220,7 @@ class LwF:
 
     @clkernel.hookimpl
     def loss_terms(self, state: TrainState) -> torch.Tensor | None:
+        self.lwf.materialise(state.model)  # loaded from a checkpoint taken inside an experience (else nothing)
         return self.lwf.penalty(state.mb_x, state.mb_output, state.mb_task, model=state.model)
 
     @clkernel.hookimpl

@@ -144,8 +144,14 @@ class GDumb:
         restore_from_stream(self.storage_policy, state, self.name)
 
     @clkernel.hookimpl
+    def before_train_dataset_adaptation(self, state: TrainState) -> None:
+        if state.resuming:  # a checkpoint inside the experience: the buffer already holds its data
+            restore_from_stream(self.storage_policy, state, self.name)
+
+    @clkernel.hookimpl
     def after_train_dataset_adaptation(self, state: TrainState) -> None:
-        self.storage_policy.update(state.experience)  # type: ignore[arg-type]
+        if not state.resuming:
+            self.storage_policy.update(state.experience)  # type: ignore[arg-type]
         state.dataset = self.storage_policy.buffer.train()  # type: ignore[union-attr]
 
     @clkernel.hookimpl(tryfirst=True)

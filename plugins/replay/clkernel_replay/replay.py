@@ -36,13 +36,14 @@ class BufferSampler:
             pools = [torch.arange(len(buffer))]
         base, extra = divmod(batch_size, len(pools))
         self._pools = [(pool, base + (i < extra)) for i, pool in enumerate(pools) if base + (i < extra) > 0]
-        self._orders = [torch.zeros(0, dtype=torch.long) for _ in self._pools]
+        #: Per pool, the indices still to draw from its current shuffled pass (a checkpoint keeps them).
+        self.orders = [torch.zeros(0, dtype=torch.long) for _ in self._pools]
 
     def _take(self, i: int, n: int) -> torch.Tensor:
-        pool, order = self._pools[i][0], self._orders[i]
+        pool, order = self._pools[i][0], self.orders[i]
         while len(order) < n:
             order = torch.cat([order, pool[torch.randperm(len(pool), generator=self.generator)]])
-        self._orders[i] = order[n:]
+        self.orders[i] = order[n:]
         return order[:n]
 
     def draw(self) -> tuple[Any, torch.Tensor, torch.Tensor]:
@@ -107,6 +108,7 @@ class Replay:
         self.storage_policy = storage_policy
         self.generator = torch.Generator().manual_seed(resolve_seed(seed))
         self._sampler: BufferSampler | None = None
+        self._orders: list[torch.Tensor] | None = None  # a loaded sampler's draw orders, applied at the next draw
         self._checked = False
 
     @property
@@ -116,15 +118,24 @@ class Replay:
 
     @clkernel.hookimpl
     def before_training_exp(self, state: TrainState) -> None:
+        self._orders = None
+        self._build_sampler(state)
+
+    def _build_sampler(self, state: TrainState) -> None:
         restore_from_stream(self.storage_policy, state, self.name)
         buffer = self.storage_policy.buffer
         self._sampler = None if buffer is None else BufferSampler(
             buffer.train(), self.batch_size_mem or state.train_mb_size, task_balanced=self.task_balanced,
             generator=self.generator)
+        if self._sampler is not None and self._orders is not None:  # resumed inside an experience
+            self._sampler.orders = list(self._orders)
+        self._orders = None
         self._checked = False
 
     @clkernel.hookimpl
     def before_training_iteration(self, state: TrainState) -> None:
+        if self._orders is not None:  # a checkpoint taken inside this experience: the sampler goes on
+            self._build_sampler(state)
         if self._sampler is None:
             return
         x, y, t = state.mb  # type: ignore[misc]
@@ -147,12 +158,19 @@ class Replay:
     @clkernel.hookimpl
     def after_training_exp(self, state: TrainState) -> None:
         self.storage_policy.update(state.experience, model=state.model)  # type: ignore[arg-type]
-        self._sampler = None
+        self._sampler = self._orders = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"storage_policy": self.storage_policy.state_dict(), "generator": self.generator.get_state()}
+        """The storage policy's state, the sampling generator's, and, inside a training experience, what the
+        buffer sampler has left of its current passes (``orders``: index tensors, else None)."""
+        orders = self._orders if self._sampler is None else self._sampler.orders
+        return {"storage_policy": self.storage_policy.state_dict(), "generator": self.generator.get_state(),
+                "orders": None if orders is None else [o.clone() for o in orders]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Load a checkpoint; the buffer is rebuilt from the stream at the next training experience."""
+        """Load a checkpoint; the buffer is rebuilt from the stream at the next training experience or, for a
+        checkpoint taken inside one, at the next minibatch."""
         self.storage_policy.load_state_dict(state["storage_policy"])
         self.generator.set_state(state["generator"])
+        orders = state.get("orders")  # absent from checkpoints taken before it was kept
+        self._sampler, self._orders = None, None if orders is None else [o.clone() for o in orders]
