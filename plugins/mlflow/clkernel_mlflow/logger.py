@@ -443,8 +443,8 @@ class MlflowLogger:
         return {"run_id": self._run_id}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue the MLflow run of ``state["run_id"]`` when the next value arrives. A None run id (a checkpoint
-        taken before the first value) keeps the ``run_id`` option.
+        """Continue the MLflow run of ``state["run_id"]`` when the next value arrives; None (a checkpoint taken
+        before the first value, with no ``run_id`` option) starts a new one.
 
         :raises ValueError: when ``state`` holds no valid ``run_id``.
         :raises RuntimeError: when an MLflow run is already open (load checkpoints before the run starts).
@@ -457,6 +457,5 @@ class MlflowLogger:
         run_id = _text(state["run_id"], "run_id")
         if run_id is not None and not _RUN_ID.match(run_id):
             raise _fail("run_id", "an MLflow run id (letters, digits, _ and -)", run_id)
-        if run_id is not None:
-            self._run_id = run_id
+        self._run_id = run_id
 

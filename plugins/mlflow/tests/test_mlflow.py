@@ -17,11 +17,10 @@ from typing import Any
 
 import pytest
 import torch
+from clkernel_mlflow import STATUSES, MlflowLogger, metric_key, params_of, registration
 
 import clkernel
 from clkernel.discovery import Registry
-from clkernel_mlflow import STATUSES, MlflowLogger, metric_key, params_of
-from clkernel_mlflow import registration
 
 
 class Recorder:
@@ -179,6 +178,8 @@ def test_state_dict_is_plain_and_checked():
     assert fresh.state_dict() == {"run_id": None}
     fresh.load_state_dict({"run_id": "0123abcd"})
     assert fresh.state_dict() == {"run_id": "0123abcd"}
+    fresh.load_state_dict({"run_id": None})  # a checkpoint from before the first value: a new MLflow run
+    assert fresh.state_dict() == {"run_id": None}
     with pytest.raises(ValueError, match="mlflow: a state dict holds 'run_id'"):
         fresh.load_state_dict({"id": "x"})
     with pytest.raises(ValueError, match="mlflow: run_id must be"):

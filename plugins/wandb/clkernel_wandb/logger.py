@@ -317,8 +317,8 @@ class WandbLogger:
         return {"run_id": self._run_id}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue the W&B run of ``state["run_id"]`` when the next value arrives (``resume="allow"``). A None
-        run id (a checkpoint taken before the first value) keeps the ``run_id`` option.
+        """Continue the W&B run of ``state["run_id"]`` when the next value arrives (``resume="allow"``); None
+        (a checkpoint taken before the first value, with no ``run_id`` option) starts a new one.
 
         :raises ValueError: when ``state`` holds no valid ``run_id``.
         :raises RuntimeError: when a W&B run is already open (load checkpoints before the run starts).
@@ -328,6 +328,4 @@ class WandbLogger:
         if self._run is not None:
             raise RuntimeError(f"{_WHO}: load_state_dict must be called before the run starts; W&B run "
                                f"{self._run_id!r} is open")
-        run_id = _text(state["run_id"], "run_id", identifier=True)
-        if run_id is not None:
-            self._run_id = run_id
+        self._run_id = _text(state["run_id"], "run_id", identifier=True)

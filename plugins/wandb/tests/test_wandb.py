@@ -15,11 +15,10 @@ from typing import Any
 
 import pytest
 import torch
+from clkernel_wandb import EXIT_CODES, STEP_METRIC, WandbLogger, registration
 
 import clkernel
 from clkernel.discovery import Registry
-from clkernel_wandb import EXIT_CODES, STEP_METRIC, WandbLogger
-from clkernel_wandb import registration
 
 FAST = ["--benchmark", "split-digits:n_experiences=2", "--model", "simple-mlp:hidden_size=16",
         "--mb-size", "64"]  # a short `clkernel run`
@@ -167,8 +166,8 @@ def test_state_dict_is_plain_and_checked():
     assert fresh.state_dict() == {"run_id": None}
     fresh.load_state_dict({"run_id": "abc123"})
     assert fresh.state_dict() == {"run_id": "abc123"}
-    fresh.load_state_dict({"run_id": None})  # a checkpoint from before the first value: the id stays
-    assert fresh.state_dict() == {"run_id": "abc123"}
+    fresh.load_state_dict({"run_id": None})  # a checkpoint from before the first value: a new W&B run
+    assert fresh.state_dict() == {"run_id": None}
     with pytest.raises(ValueError, match="wandb: a state dict holds 'run_id'"):
         fresh.load_state_dict({"id": "x"})
     with pytest.raises(ValueError, match="wandb: run_id must be"):
