@@ -1,17 +1,15 @@
-"""Checkpoint and resume with every logger and the default metrics, on real files.
+"""Checkpoint and resume with every logger and the default metrics, on real files, through the kernel.
 
-Run A trains a blobs stream uninterrupted, with every logger and the default metrics; a last plugin takes every
-plugin's ``state_dict()`` (through ``torch.save`` / ``torch.load(weights_only=True)``) at several points: inside an
-epoch, at the last iteration of an epoch, at the end of a training experience, after the evaluation that follows
-one. Run A then writes on to the end, as a run killed later would have written rows after each checkpoint.
+Run A trains a blobs stream uninterrupted, with every logger and the default metrics, and the kernel's
+``Checkpointer`` writing a checkpoint every 3 training iterations and at each experience's end (before its
+evaluation): each checkpoint holds every plugin's ``state_dict()``. Run A writes on to the end, as a run killed
+after a checkpoint would have written rows after it.
 
-Each resumed run B starts from a copy of run A's folder and does what the kernel does on resume: the same
-training (seeded: the same model, optimizer and loop state at every point), with fresh plugins built on the same
-folder at the checkpoint, each loading its state, then ``before_run``, then the loop goes on from there (before
-that point B's plugin slots are empty: the kernel restores model, optimizer and counters, it does not replay).
-Its files must then equal run A's: CSV, JSONL and text byte for byte except the wall-clock fields, results.json
-and the PNGs, TensorBoard tags with each step once and the same values, the metric history bit for bit, and what
-the interactive logger prints after the checkpoint.
+Each resumed run B starts from a copy of run A's folder: fresh plugins built on that folder, a fresh strategy,
+``clkernel.run(..., resume_from=checkpoint)`` (the kernel loads every plugin's state, fires ``before_run`` and goes
+on from the checkpoint's position). Its files must then equal run A's: CSV, JSONL and text byte for byte except the
+wall-clock fields, results.json and the PNGs, TensorBoard tags with each step once and the same values, the metric
+history bit for bit, and the lines the interactive logger prints after the checkpoint.
 """
 
 from __future__ import annotations
@@ -25,27 +23,28 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
 
 import clkernel
-from clkernel.hookspecs import SPEC
 
 from clkernel_loggers import (
     CSVLogger, InteractiveLogger, JSONLLogger, LoggerResumeError, ReportLogger, TensorBoardLogger, TextLogger,
 )
 
 metrics = pytest.importorskip("clkernel_metrics", reason="the resume test runs the default metrics")
+if not hasattr(clkernel, "Checkpointer"):
+    pytest.skip("this clkernel has no checkpoints", allow_module_level=True)
 
 N_EXPS, EPOCHS, MB, RUNNING_EVERY = 2, 2, 16, 4  # blobs: 80 training samples per experience, 5 iterations an epoch
-POINTS = {  # label -> where run A takes the states
-    "mid-epoch": "iteration 13",  # experience 1, epoch 0, 3 of 5 iterations done; one minibatch buffered
-    "epoch-end": "iteration 20",  # the last iteration of the stream: running values were logged at this step,
-    # its epoch, experience and evaluation values follow at the same step (TensorBoard's purge_step cannot tell)
-    "experience-end": "trained 1",  # after_training_exp of experience 0, before its evaluation
-    "after-eval": "evaluated 1",  # after the evaluation that follows experience 0
+CHECKPOINTS = {  # the checkpoints resumed from: position -> what it tests
+    "iteration 3": "inside the first epoch: three minibatches buffered by the metrics, no running value yet",
+    "trained 1": "experience 0 trained, before its evaluation: its values follow at the step of the last ones",
+    "iteration 15": "the last iteration of an epoch, before its epoch values",
+    "iteration 18": "inside experience 1's last epoch, after a periodic running value",
+    "trained 2": "the last experience trained, before the last evaluation and the end of the run",
 }
 
 
@@ -56,68 +55,42 @@ def _roundtrip(value: Any) -> Any:
     return torch.load(buffer, weights_only=True)
 
 
-def _forward(event: str) -> Callable[..., Any]:
-    if event == "log_metrics":
-        def hook(self: Slot, state: Any, values: Any) -> Any:
-            fn = getattr(self.target, event, None)
-            return fn(state, values) if fn is not None else None
-    else:
-        def hook(self: Slot, state: Any) -> Any:  # type: ignore[misc]
-            fn = getattr(self.target, event, None)
-            return fn(state) if fn is not None else None
-    hook.__name__ = event
-    return clkernel.hookimpl(hook)
+class Mark:
+    """Records how much the interactive logger had printed at each checkpoint position: after a training
+    iteration (the last plugin; no logger marks that event ``trylast``), and at the end of an experience (first at
+    the evaluation that follows it, after every ``trylast`` implementation of ``after_training_exp``)."""
 
+    name = "mark"
 
-class Slot:
-    """A plugin that forwards every event to ``target``; with no target the event is dropped."""
-
-    def __init__(self, name: str, target: Any = None) -> None:
-        self.name, self.target = name, target
-
-
-for _event in SPEC:
-    setattr(Slot, _event, _forward(_event))
-
-
-class Points:
-    """Calls ``at(label, state)`` where a checkpoint can be taken, once the loop is there, whatever the other
-    plugins' ``tryfirst`` / ``trylast`` markers: after every training iteration (``iteration N``: the last plugin,
-    and no logger marks that event), at the end of a training experience (``trained K``: first at the
-    evaluation that follows it) and after that evaluation (``evaluated K``: first at the next experience)."""
-
-    name = "points"
-
-    def __init__(self, at: Callable[[str, Any], None]) -> None:
-        self.at = at
+    def __init__(self, out: io.StringIO) -> None:
+        self.out, self.printed = out, {}
 
     @clkernel.hookimpl
     def after_training_iteration(self, state: Any) -> None:
-        self.at(f"iteration {state.iteration}", state)
+        self.printed[f"iteration {state.iteration}"] = len(self.out.getvalue())
 
     @clkernel.hookimpl(tryfirst=True)
     def before_eval(self, state: Any) -> None:
-        self.at(f"trained {state.experiences_trained}", state)
-
-    @clkernel.hookimpl(tryfirst=True)
-    def before_training_exp(self, state: Any) -> None:
-        self.at(f"evaluated {state.experiences_trained}", state)
+        self.printed.setdefault(f"trained {state.experiences_trained}", len(self.out.getvalue()))
 
 
 def _plugins(run_dir: Path, out: io.StringIO) -> list[Any]:
     return [metrics.default_evaluator(running_every=RUNNING_EVERY), TextLogger(run_dir), CSVLogger(run_dir),
             JSONLLogger(run_dir), TensorBoardLogger(run_dir, config={"seed": 0, "model": "mlp"}),
             ReportLogger(run_dir, config={"seed": 0}, dpi=30),
-            InteractiveLogger(file=out, bars=False, run_dir="RUN")]
+            InteractiveLogger(file=out, bars=False, run_dir="RUN"), Mark(out)]
 
 
-def _run(blobs: Any, plugins: list[Any]) -> None:
-    bench = blobs.make_benchmark(num_exps=N_EXPS, classes_per_exp=2, per_class=40)
+def _strategy(blobs: Any, plugins: list[Any], checkpoints: Path | None = None) -> Any:
     model = blobs.make_model(num_classes=2 * N_EXPS)
-    strategy = clkernel.Strategy(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
-                                 plugins=plugins, train_mb_size=MB, train_epochs=EPOCHS, device="cpu",
-                                 generator=torch.Generator().manual_seed(0))
-    clkernel.run(strategy, bench)
+    checkpoint = clkernel.Checkpointer(checkpoints, every=3, keep=100) if checkpoints is not None else None
+    return clkernel.Strategy(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                             plugins=plugins, train_mb_size=MB, train_epochs=EPOCHS, device="cpu",
+                             generator=torch.Generator().manual_seed(0), checkpoint=checkpoint)
+
+
+def _benchmark(blobs: Any) -> Any:
+    return blobs.make_benchmark(num_exps=N_EXPS, classes_per_exp=2, per_class=40)
 
 
 _RUN_A: dict[str, Any] = {}
@@ -125,55 +98,38 @@ _RUN_A: dict[str, Any] = {}
 
 @pytest.fixture
 def run_a(blobs: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """Run A, uninterrupted, and the states it took at every point of POINTS (run once per module)."""
+    """Run A, uninterrupted, with its checkpoints (run once per module)."""
     import types
 
     if "run" in _RUN_A:
         return _RUN_A["run"]
-    folder = tmp_path_factory.mktemp("run-a")
+    folder, checkpoints = tmp_path_factory.mktemp("run-a"), tmp_path_factory.mktemp("checkpoints")
     out = io.StringIO()
     plugins = _plugins(folder, out)
-    states: dict[str, Any] = {}
-    printed: dict[str, int] = {}
-
-    def grab(label: str, state: Any) -> None:
-        if label in POINTS.values():
-            states[label] = _roundtrip([p.state_dict() for p in plugins])
-            printed[label] = len(out.getvalue())
-
-    _run(blobs, [*plugins, Points(grab)])
-    assert set(states) == set(POINTS.values())
-    _RUN_A["run"] = types.SimpleNamespace(blobs=blobs, folder=folder, out=out.getvalue(), states=states,
-                                          printed=printed, history=plugins[0].all_metrics())
+    clkernel.run(_strategy(blobs, plugins, checkpoints), _benchmark(blobs))
+    files = {}
+    for path in clkernel.checkpoint.checkpoint_files(checkpoints):
+        header, _ = clkernel.read_checkpoint(path)
+        position = header["position"]
+        label = (f"iteration {header['iteration']}" if position["stage"] == "train"
+                 else f"trained {position['experience']}")
+        files[label] = path
+    assert set(CHECKPOINTS) <= set(files), sorted(files)
+    _RUN_A["run"] = types.SimpleNamespace(blobs=blobs, folder=folder, out=out.getvalue(), files=files,
+                                          printed=plugins[-1].printed, history=plugins[0].all_metrics())
     return _RUN_A["run"]
 
 
 def _resume(run_a: Any, label: str, folder: Path) -> Any:
-    """Run B in ``folder`` (a copy of run A's), resumed at ``label``."""
+    """Run B in ``folder`` (a copy of run A's), resumed from the checkpoint at ``label``."""
     import types
 
     shutil.copytree(run_a.folder, folder)
+    _wait_for_next_second(folder / "tensorboard")
     out = io.StringIO()
-    template = _plugins(folder, io.StringIO())
-    slots = [Slot(p.name if hasattr(p, "name") else type(p).__name__) for p in template]
-    fresh: list[Any] = []
-
-    def switch(at: str, state: Any) -> None:
-        if at != label:
-            return
-        _wait_for_next_second(folder / "tensorboard")
-        fresh.extend(_plugins(folder, out))
-        for plugin, saved in zip(fresh, run_a.states[label]):
-            plugin.load_state_dict(saved)
-        for slot, plugin in zip(slots, fresh):
-            slot.target = plugin
-        for plugin in fresh:  # what the kernel fires after loading a checkpoint
-            if hasattr(plugin, "before_run"):
-                plugin.before_run(state)
-
-    _run(run_a.blobs, [*slots, Points(switch)])
-    assert fresh, f"run B never reached {label}"
-    return types.SimpleNamespace(out=out.getvalue(), history=fresh[0].all_metrics())
+    plugins = _plugins(folder, out)
+    clkernel.run(_strategy(run_a.blobs, plugins), _benchmark(run_a.blobs), resume_from=run_a.files[label])
+    return types.SimpleNamespace(out=out.getvalue(), history=plugins[0].all_metrics())
 
 
 def _wait_for_next_second(tb: Path) -> None:
@@ -237,9 +193,8 @@ def _same_history(a: dict[str, list[tuple[int, Any]]], b: dict[str, list[tuple[i
                 assert x == y or (math.isnan(x) and math.isnan(y)), name
 
 
-@pytest.mark.parametrize("point", list(POINTS))
-def test_a_resumed_run_writes_what_the_uninterrupted_run_wrote(run_a, tmp_path, point):
-    label = POINTS[point]
+@pytest.mark.parametrize("label", list(CHECKPOINTS))
+def test_a_resumed_run_writes_what_the_uninterrupted_run_wrote(run_a, tmp_path, label):
     folder = tmp_path / "run"
     b = _resume(run_a, label, folder)
 
@@ -258,12 +213,28 @@ def test_a_resumed_run_writes_what_the_uninterrupted_run_wrote(run_a, tmp_path, 
     resumed, uninterrupted = _tensorboard(folder / "tensorboard"), _tensorboard(run_a.folder / "tensorboard")
     assert resumed == uninterrupted  # each tag's steps once, the same values, the config text once, hparams
     assert "acc_running_epoch/train/train" in resumed["scalars"] and "config/text_summary" in resumed["tensors"]
-    assert len(list((folder / "tensorboard").glob("events.out.tfevents.*"))) == 2  # cut back + the resumed one
+    # the interrupted run's event file, cut back (removed when the checkpoint came before its first value), and
+    # the resumed run's
+    assert len(list((folder / "tensorboard").glob("events.out.tfevents.*"))) == (1 if label == "iteration 3" else 2)
 
     _same_history(b.history, run_a.history)  # the metrics, bit for bit
     # the lines the interactive logger printed after the checkpoint, and its summary
     assert _without_durations(b.out) == _without_durations(run_a.out[run_a.printed[label]:])
     assert f"== results after {N_EXPS} trained experience(s)" in b.out
+
+
+def test_a_damaged_run_folder_stops_the_resume_naming_the_file(run_a, tmp_path):
+    """The kernel reports a logger's refusal as a bad checkpoint, and nothing changes: neither the files nor the
+    strategy (it can still train from the start)."""
+    folder = tmp_path / "run"
+    shutil.copytree(run_a.folder, folder)
+    os.truncate(folder / "metrics_train.csv", 100)
+    before = _snapshot(folder)
+    strategy = _strategy(run_a.blobs, _plugins(folder, io.StringIO()))
+    with pytest.raises(clkernel.CheckpointError, match=re.escape(
+            f"the csv logger cannot resume: {str(folder / 'metrics_train.csv')!r} holds 100 bytes")):
+        clkernel.load_checkpoint(run_a.files["iteration 15"], strategy)
+    assert _snapshot(folder) == before
 
 
 # ---------------------------------------------------------------------------------------------- files, one by one
