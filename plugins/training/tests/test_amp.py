@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import clkernel
-from clkernel import PluginError
 from clkernel_training import AMP
 
 

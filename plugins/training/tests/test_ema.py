@@ -116,9 +116,8 @@ def test_a_failed_evaluation_gives_the_trained_weights_back_when_the_run_closes(
 
     ema = EMA(decay=0.5)
     strategy = make_strategy([ema, Broken()])
-    with pytest.raises(clkernel.PluginError, match="broken metric"):
-        with strategy:
-            strategy.train(digits.train_stream[0], eval_streams=[digits.test_stream])
+    with pytest.raises(clkernel.PluginError, match="broken metric"), strategy:
+        strategy.train(digits.train_stream[0], eval_streams=[digits.test_stream])
     trained = {n: p.detach().clone() for n, p in strategy.state.model.named_parameters()}
     assert not all(torch.equal(trained[k], ema.average[k]) for k in trained)  # the average is not in the model
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))

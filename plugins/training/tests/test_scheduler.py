@@ -95,10 +95,10 @@ def test_a_monitored_metric_that_no_plugin_logs_fails_at_the_first_epochs_end(di
 
 
 @pytest.mark.parametrize("args, kwargs, message", [
-    (("CosineAnealingLR",), {}, "lr-scheduler: unknown scheduler 'CosineAnealingLR'; did you mean "
-                                "'CosineAnnealingLR'?"),
-    (("CosineAnnealingLR",), {"T_max": 10, "T_mx": 3}, "lr-scheduler: CosineAnnealingLR has no option 'T_mx'; its "
-                                                       "options: T_max, eta_min, last_epoch; did you mean 'T_max'?"),
+    (("CosineAnealingLR",), {}, ("lr-scheduler: unknown scheduler 'CosineAnealingLR'; did you mean "
+                                "'CosineAnnealingLR'?")),
+    (("CosineAnnealingLR",), {"T_max": 10, "T_mx": 3}, ("lr-scheduler: CosineAnnealingLR has no option 'T_mx'; its "
+                                                       "options: T_max, eta_min, last_epoch; did you mean 'T_max'?")),
     (("StepLR",), {}, "lr-scheduler: StepLR needs option step_size"),
     (("StepLR",), {"step_size": 2.5}, "lr-scheduler: StepLR: option step_size=2.5 must be int"),
     (("StepLR",), {"step_size": 1, "step_every": "epochs"}, "step_every must be 'epoch' or 'iteration'"),
