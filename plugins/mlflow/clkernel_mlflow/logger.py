@@ -44,7 +44,8 @@ import clkernel
 from clkernel import TrainState
 from clkernel.log import get_logger
 
-__all__ = ["STATUSES", "MlflowLogger", "check_folder", "metric_key", "params_of"]
+__all__ = ["BATCH_METRICS", "BATCH_PARAMS", "MATRIX_METRIC", "STATUSES", "MlflowLogger", "check_folder", "metric_key",
+           "params_of"]
 
 #: The MLflow run status of each run outcome (``state.outcome``).
 STATUSES = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}

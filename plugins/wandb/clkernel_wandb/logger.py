@@ -36,7 +36,8 @@ import torch
 import clkernel
 from clkernel import TrainState
 
-__all__ = ["EXIT_CODES", "MODES", "STEP_METRIC", "WandbLogger"]
+__all__ = ["EXIT_CODES", "INITIAL_METRIC", "MATRIX_METRIC", "MODES", "STEP_METRIC", "WandbLogger", "check_folder",
+           "jsonable", "table_of"]
 
 #: The values of the ``mode`` option (None: W&B's own choice, ``WANDB_MODE`` or else ``online``).
 MODES = ("online", "offline", "disabled")
