@@ -15,7 +15,7 @@ standard deviation (clkernel-benchmarks' ``permuted-mnist``) instead of scaled t
 images drawn at random from torchvision's 60,000 (same count as TensorFlow's split); other random permutations
 and initialisation; one seed instead of the paper's mean over 5 runs.
 
-Published value: A-GEM paper, Table 1 (MNIST): A_T = 89.1 (+-0.14) %, F_T = 0.06.
+Published value: A-GEM paper, Table 1 (MNIST): A_T = 89.1 %, F_T = 0.06, for the full setting only.
 
     .venv/bin/python contrib/agem/bench/reproduce.py --full          # the paper's setting: 17 tasks x 55,000
     .venv/bin/python contrib/agem/bench/reproduce.py                 # reduced: 3 permutations, same per task
@@ -44,8 +44,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 DEFAULT_ROOT = (REPO / ".." / "shared" / "data").resolve()
 PAPER_TASKS, PAPER_SAMPLES = 17, 55000
-REFERENCE = {"agem": "A_T 0.891 (+-0.0014), F_T 0.06: A-GEM paper, Table 1, MNIST, 17 tasks x 55,000, mean of 5 runs",
-             "single": "VAN (plain SGD) in the same table: A_T 0.479, F_T 0.51"}
+REFERENCE = {"agem": "A_T 0.891, F_T 0.06: A-GEM paper, Table 1, MNIST (17 tasks x 55,000, mean of 5 runs)",
+             "single": "VAN (plain SGD) in the same table, far below A-GEM; not comparable at fewer tasks"}
 
 
 def accuracies(model: torch.nn.Module, stream: Stream) -> list[float]:
@@ -115,6 +115,13 @@ def write_results(results: dict[str, Any]) -> str:
                                         if r["method"] == "agem" else "") + f", seed {r['seed']}")
         lines.append(f"| {key} | {setting} | {r['acc']:.4f} | {r['forgetting']:.4f} | {REFERENCE[r['method']]} | "
                      f"{r['seconds']:.0f} s | {r['date']} | {r['machine']} | `{r['command']}` |")
+    if any((r["tasks"], r["samples"]) != (PAPER_TASKS, PAPER_SAMPLES) for r in results.values()):
+        lines += ["", f"REDUCED runs: only the number of permutations differs from the paper's setting "
+                  f"({PAPER_TASKS} tasks). The full run (`--full`: {PAPER_TASKS} x 5,500 iterations, each with a "
+                  "256-sample reference pass) would take about an hour on this loaded 2-core machine (about 0.04 s "
+                  "per A-GEM iteration measured here). With fewer tasks there is less to forget, so A_T is expected "
+                  "above the published 17-task value: the reduced figure checks the method works, it does not "
+                  "reproduce the published number."]
     lines += ["", "Final accuracy per trained task (the first trained first):", ""]
     lines += [f"- {key}: {', '.join(f'{a:.3f}' for a in r['final'])}" for key, r in results.items()]
     lines += ["", "Accuracy on each task right after training it:", ""]
