@@ -1,24 +1,23 @@
 """A resumed run emits, bit for bit, the metric values of the uninterrupted run, wherever the checkpoint was taken.
 
 Run A trains uninterrupted with every metric family (periodic evaluations inside experiences and an evaluation
-before training included) and takes the evaluator's ``state_dict()`` (through ``torch.save`` /
-``torch.load(weights_only=True)``) at several points. Each run B repeats the same seeded training with an empty
-plugin slot; at the checkpoint a fresh evaluator loads the state, gets ``before_run`` (what the kernel does after
-loading a checkpoint) and takes the slot: from there on it must emit what run A's evaluator emitted, and end with
-the same history. Wall-clock and memory values cannot repeat: for them only the names and steps must.
+before training included), the kernel's ``Checkpointer`` writing a checkpoint every 3 training iterations and at
+each experience's end. Each run B is a fresh strategy with a fresh evaluator resumed from one of them
+(``clkernel.run(..., resume_from=)``): its evaluator must end with run A's history. Wall-clock and memory values
+cannot repeat: for them only the names and steps must.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import torch
 
 import clkernel
-from clkernel.hookspecs import SPEC
 from clkernel_metrics import (
     AccuracyMatrixMetrics, AccuracyMetrics, ClassAccuracyMetrics, ConfusionMatrixMetrics, Evaluator, LossMetrics,
     TopKAccuracyMetrics, cpu_usage_metrics, ram_usage_metrics, timing_metrics,
@@ -29,7 +28,7 @@ MEASURED = ("time_", "cpu_usage_", "max_ram_")  # values of the clock and the ma
 
 
 def _evaluator() -> Evaluator:
-    every = dict(minibatch=True, running_epoch=True, epoch=True, experience=True, stream=True, every=3)
+    every = dict(minibatch=True, running_epoch=True, epoch=True, experience=True, stream=True, every=4)
     return Evaluator(AccuracyMetrics(**every), LossMetrics(**every), TopKAccuracyMetrics(2, **every),
                      ClassAccuracyMetrics(epoch=True), ConfusionMatrixMetrics(experience=True),
                      AccuracyMatrixMetrics(forgetting=True, bwt=True, fwt=True), timing_metrics(),
@@ -43,59 +42,35 @@ def _roundtrip(value: Any) -> Any:
     return torch.load(buffer, weights_only=True)
 
 
-class Slot:
-    """Forwards every event to ``target``; with none, the event is dropped."""
+class Each:
+    """Calls ``fn()`` after every training iteration."""
 
-    name = "slot"
+    name = "each"
 
-    def __init__(self) -> None:
-        self.target: Any = None
-
-
-def _forward(event: str) -> Callable[..., Any]:
-    def hook(self: Slot, state: Any) -> Any:
-        fn = getattr(self.target, event, None)
-        return fn(state) if fn is not None else None
-
-    hook.__name__ = event
-    return clkernel.hookimpl(hook)
-
-
-for _event in SPEC:
-    if _event != "log_metrics":
-        setattr(Slot, _event, _forward(_event))
-
-
-class Points:
-    """The last plugin: ``at(label, state)`` after every training iteration (``iteration N``) and at the end of
-    every training experience (``trained K``, at the start of the evaluation that follows it)."""
-
-    name = "points"
-
-    def __init__(self, at: Callable[[str, Any], None]) -> None:
-        self.at = at
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
 
     @clkernel.hookimpl
     def after_training_iteration(self, state: Any) -> None:
-        self.at(f"iteration {state.iteration}", state)
-
-    @clkernel.hookimpl(tryfirst=True)
-    def before_eval(self, state: Any) -> None:
-        if state.experiences_trained and state.epoch + 1 == state.train_epochs:
-            self.at(f"trained {state.experiences_trained}", state)
+        self.fn()
 
 
-def _run(blobs: Any, plugins: list[Any]) -> None:
+def _run(blobs: Any, plugins: list[Any], checkpoints: Path | None = None, resume_from: Path | None = None) -> None:
     bench = blobs.make_benchmark(num_exps=3, classes_per_exp=2, per_class=20)  # 40 samples: 5 iterations
     model = blobs.make_model(num_classes=6, seed=1)
+    checkpoint = clkernel.Checkpointer(checkpoints, every=3, keep=100) if checkpoints is not None else None
     strategy = clkernel.Strategy(model, torch.optim.SGD(model.parameters(), lr=0.005), plugins=plugins,
                                  train_mb_size=8, eval_mb_size=16, train_epochs=2, eval_every=1, device="cpu",
-                                 generator=torch.Generator().manual_seed(0))
-    clkernel.run(strategy, bench)
+                                 generator=torch.Generator().manual_seed(0), checkpoint=checkpoint)
+    clkernel.run(strategy, bench, resume_from=resume_from)
 
 
-POINTS = ["iteration 2", "iteration 7", "iteration 10", "trained 2"]  # a buffered minibatch; the middle of
-# epoch 1 (after a periodic evaluation); the last iteration of an experience; before its evaluation
+#: Checkpoints resumed from, numbered from 1 as written: after iterations 3, 6, 9, at experience 0's end, after
+#: iterations 12, 15, 18, at experience 1's end, ... So 1: iteration 3, inside epoch 0 (minibatches buffered);
+#: 3: iteration 9, inside epoch 1, after a periodic evaluation; 4: experience 0 trained, before its evaluation;
+#: 6: iteration 15, the last of an epoch, its running values logged and its epoch values not yet; 13: the last
+#: experience trained, before the last evaluation.
+RESUMED = (1, 3, 4, 6, 13)
 
 
 def _same(a: dict[str, list[tuple[int, Any]]], b: dict[str, list[tuple[int, Any]]]) -> None:
@@ -111,32 +86,18 @@ def _same(a: dict[str, list[tuple[int, Any]]], b: dict[str, list[tuple[int, Any]
                 assert x == y or (math.isnan(x) and math.isnan(y)), (name, x, y)
 
 
-def test_a_resumed_evaluator_emits_what_the_uninterrupted_one_emitted(blobs):
+def test_a_resumed_evaluator_emits_what_the_uninterrupted_one_emitted(blobs, tmp_path):
     first = _evaluator()
-    states: dict[str, Any] = {}
-
-    def grab(label: str, state: Any) -> None:
-        if label in POINTS:
-            states[label] = _roundtrip(first.state_dict())
-
-    _run(blobs, [first, Points(grab)])
-    assert set(states) == set(POINTS)
+    _run(blobs, [first], checkpoints=tmp_path)
     expected = first.all_metrics()
     assert {"fwt_stream/eval/test", "bwt_stream/eval/test", "forgetting_stream/eval/test",
             "class_acc_epoch/train/train/class000", "top2_acc_running_epoch/train/train", "acc_mb/train/train",
             "time_epoch/train/train", "confusion_matrix_exp/eval/test/exp002"} <= set(expected)
-
-    for label in POINTS:
-        slot, fresh = Slot(), _evaluator()
-
-        def switch(at: str, state: Any, label: str = label, slot: Slot = slot, fresh: Evaluator = fresh) -> None:
-            if at == label:
-                fresh.load_state_dict(states[label])
-                fresh.before_run(state)
-                slot.target = fresh
-
-        _run(blobs, [slot, Points(switch)])
-        assert slot.target is fresh, label
+    files = clkernel.checkpoint.checkpoint_files(tmp_path)
+    assert len(files) == 13  # 30 iterations: 10 every 3, 3 experience ends
+    for number in RESUMED:
+        fresh = _evaluator()
+        _run(blobs, [fresh], resume_from=files[number - 1])
         _same(fresh.all_metrics(), expected)
 
 
@@ -144,8 +105,8 @@ def test_taking_a_state_changes_nothing(blobs):
     """The evaluator's state_dict() flushes nothing: an evaluator whose state is taken at every iteration emits
     what one left alone emits (sums keep their grouping, so their last bits)."""
     left_alone, observed = _evaluator(), _evaluator()
-    _run(blobs, [left_alone])
-    _run(blobs, [observed, Points(lambda label, state: observed.state_dict())])
+    _run(blobs, [left_alone, Each(lambda: None)])
+    _run(blobs, [observed, Each(lambda: _roundtrip(observed.state_dict()))])
     _same(observed.all_metrics(), left_alone.all_metrics())
 
 
