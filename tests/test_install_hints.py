@@ -93,8 +93,11 @@ def test_a_disabled_first_party_package_is_named_as_disabled(monkeypatch):
     result = subprocess.run([sys.executable, "-m", "clkernel.cli", "show", "plugin", "ewc"], capture_output=True,
                             text=True, env=env, timeout=60)
     assert result.returncode == 2
+    monkeypatch.setenv("CLKERNEL_DISABLE_PLUGINS", "ewc")
+    installed = Registry.from_entry_points().available("plugin")
+    assert "ewc" not in installed and "replay" in installed
     assert result.stderr.strip().splitlines()[-1] == (
-        "clkernel show: error: unknown plugin 'ewc'; installed plugins: cumulative, gdumb, joint, lwf, replay; 'ewc' "
+        f"clkernel show: error: unknown plugin 'ewc'; installed plugins: {', '.join(installed)}; 'ewc' "
         "is provided by clkernel-ewc, which CLKERNEL_DISABLE_PLUGINS disables")
 
 
