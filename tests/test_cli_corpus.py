@@ -127,14 +127,16 @@ WRONG = {
 #: Semantically wrong values (a range or a choice), which only the factory knows; only split-digits among the
 #: benchmarks (the others would download data if the factory ran).
 SEMANTIC = {int: [("negative", "-1"), ("zero", "0")], float: [("negative", "-1.0")], str: [("bogus", "no-such")]}
-SEMANTIC_OK = {("int", "zero"): {"seed", "hidden_layers"}}  # zero is fine for these
+SEMANTIC_OK = {("int", "zero"): {"seed", "hidden_layers", "max_shift"}}  # zero is fine for these
 #: Models that need a benchmark with task labels (they refuse split-digits without them, before their options).
 TASK_AWARE_MODELS = {"pnn", "mt-simple-mlp", "mt-simple-cnn"}
 TASK_BENCHMARK = ["--benchmark", "split-digits:return_task_id=True"]
 #: CNNs refuse split-digits' 8x8 images before looking at their options (a refusal the corpus checks elsewhere).
 NEEDS_LARGER_IMAGES = {"mt-simple-cnn", "simple-cnn"}
 SEMANTIC_SKIP = {"seed", "num_classes", "input_size", "in_channels", "in_features", "filename", "subdir", "stream",
-                 "dataset_root", "decay_factor", "running_every"}
+                 "dataset_root", "decay_factor", "running_every",
+                 # free text a tracker takes as it is (names, ids, addresses)
+                 "project", "entity", "group", "run_id", "run_name", "experiment", "tracking_uri"}
 
 
 def component_cases() -> list[Case]:
