@@ -360,3 +360,21 @@ def test_a_state_naming_another_file_is_refused(tmp_path):
     checkpoint = logger.state_dict()
     with pytest.raises(LoggerResumeError, match="it names the file 'a.jsonl', but this logger writes 'b.jsonl'"):
         JSONLLogger(tmp_path, filename="b.jsonl").load_state_dict(checkpoint)
+
+
+def test_the_report_rebuilds_figures_from_its_state(tmp_path):
+    """A figure a metric logged is kept in the report's state as PNG bytes (a figure is not a plain container):
+    the resumed report writes it again, byte for byte."""
+    from clkernel_loggers.plots import matrix_figure
+
+    state, report = _state(), ReportLogger(tmp_path, dpi=20)
+    report.log_metrics(state, {"my_figure/eval/test": matrix_figure([[1.0, 0.0], [0.5, 0.5]], "m", dpi=20)})
+    report.after_eval(state)
+    png = (tmp_path / "my_figure_eval_test.png").read_bytes()
+    checkpoint = _roundtrip(report.state_dict())
+    (tmp_path / "my_figure_eval_test.png").unlink()
+    fresh = ReportLogger(tmp_path, dpi=20)
+    fresh.load_state_dict(checkpoint)
+    fresh.before_run(state)
+    assert (tmp_path / "my_figure_eval_test.png").read_bytes() == png
+    assert json.loads((tmp_path / "results.json").read_text())["files"] == ["results.json", "my_figure_eval_test.png"]
