@@ -116,3 +116,57 @@ def test_main_job_runs_on_the_embedded_default_benchmark(tmp_path):
     assert all((tmp_path / "run" / name).stat().st_size > 0 for name in
                ("accuracy_matrix_test.png", "accuracy_curves_test.png"))
     assert str(tmp_path / "run" / "results.json") in result.stdout
+
+
+# --------------------------------------------------------------------------- versions between packages
+
+def first_party_versions() -> dict[str, str]:
+    """Canonical distribution name -> version, for the kernel and every package under plugins/ and contrib/."""
+    from packaging.utils import canonicalize_name
+
+    projects = [tomllib.loads((p / "pyproject.toml").read_text())["project"] for p in [ROOT, *PACKAGES]]
+    return {canonicalize_name(p["name"]): p["version"] for p in projects}
+
+
+def incoherent(requirements: list[str], versions: dict[str, str]) -> list[str]:
+    """The requirements on a first-party distribution whose specifier does not admit that distribution's version."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    bad = []
+    for text in requirements:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        if name in versions and not req.specifier.contains(versions[name], prereleases=True):
+            bad.append(f"{text!r} does not admit {name} {versions[name]}")
+    return bad
+
+
+def test_incoherent_finds_a_requirement_that_excludes_the_current_version():
+    versions = {"clkernel": "0.2.0", "clkernel-metrics": "0.2.0"}
+    assert incoherent(["clkernel>=0.2,<0.3", "clkernel_metrics>=0.1", "torch>=2.1,<3"], versions) == []
+    assert incoherent(["clkernel-metrics>=0.1,<0.2", "clkernel>=0.3"], versions) == [
+        "'clkernel-metrics>=0.1,<0.2' does not admit clkernel-metrics 0.2.0", "'clkernel>=0.3' does not admit clkernel 0.2.0"]
+
+
+@pytest.mark.parametrize("package", [ROOT, *PACKAGES], ids=lambda p: "kernel" if p == ROOT else p.name)
+def test_requirements_between_packages_admit_their_versions(package):
+    """Every requirement on the kernel or another first-party package (dependencies and every extra) admits the
+    version that package's pyproject declares, so that the packages install together from one wheel folder."""
+    project = tomllib.loads((package / "pyproject.toml").read_text())["project"]
+    requirements = [*project.get("dependencies", []),
+                    *(r for extra in project.get("optional-dependencies", {}).values() for r in extra)]
+    bad = incoherent(requirements, first_party_versions())
+    assert not bad, f"{project['name']}: " + "; ".join(bad)
+
+
+def test_plugin_template_requirements_admit_the_current_versions():
+    yaml = pytest.importorskip("yaml", reason="PyYAML comes with copier, in the test extra")
+    questions = yaml.safe_load((ROOT / "templates" / "plugin" / "copier.yml").read_text())
+    from packaging.requirements import Requirement
+
+    requirements = [questions["kernel_requirement"]["default"], *questions["test_requirements"]["default"]]
+    versions = first_party_versions()
+    assert {Requirement(r).name for r in requirements} <= set(versions), requirements  # all first party
+    bad = incoherent(requirements, versions)
+    assert not bad, "templates/plugin/copier.yml: " + "; ".join(bad)
