@@ -43,7 +43,6 @@ CHECKPOINTS = {  # the checkpoints resumed from: position -> what it tests
     "iteration 3": "inside the first epoch: three minibatches buffered by the metrics, no running value yet",
     "trained 1": "experience 0 trained, before its evaluation: its values follow at the step of the last ones",
     "iteration 15": "the last iteration of an epoch, before its epoch values",
-    "iteration 18": "inside experience 1's last epoch, after a periodic running value",
     "trained 2": "the last experience trained, before the last evaluation and the end of the run",
 }
 
