@@ -229,6 +229,7 @@ class CSVLogger(_FileLogger):
 
     :param run_dir: the folder (created; default ``runs/<date-time>``).
     :raises LoggerPathError: when the folder cannot be written.
+    :raises LoggerWriteError: during the run, naming the file, when a write fails (a full disk).
     """
 
     name = "csv"
@@ -274,6 +275,7 @@ class JSONLLogger(_FileLogger):
     tensor or array; NaN and infinities as null). Figures are skipped.
 
     :raises LoggerPathError: when the folder cannot be written.
+    :raises LoggerWriteError: during the run, naming the file, when a write fails (a full disk).
     """
 
     name = "jsonl"
@@ -309,6 +311,7 @@ class TextLogger(_FileLogger):
     and where the loop is; vectors and matrices follow on their own lines (``-`` where NaN).
 
     :raises LoggerPathError: when the folder cannot be written.
+    :raises LoggerWriteError: during the run, naming the file, when a write fails (a full disk).
     """
 
     name = "text"

@@ -75,6 +75,7 @@ class InteractiveLogger:
     :param file: write there instead of ``stream`` (any text file object).
     :param run_dir: the run folder, named at the end of the summary (``clkernel run`` fills it).
     :raises ValueError: for another ``stream``.
+    :raises LoggerWriteError: during the run, naming the output, when a line cannot be written.
     """
 
     name = "interactive"

@@ -66,6 +66,7 @@ class ReportLogger:
     :param dpi: the plots' resolution: ``6.4 x 4.8`` inches at ``dpi`` (640 x 480 pixels at 100).
     :raises ValueError: when ``dpi`` is not an integer >= 10.
     :raises LoggerPathError: when the folder cannot be written.
+    :raises LoggerWriteError: during the run, naming the file, when a write fails (a full disk).
     """
 
     name = "report"

@@ -45,6 +45,7 @@ class TensorBoardLogger:
 
     :param run_dir: the run folder (default ``runs/<date-time>``); ``config``: the run's configuration.
     :raises LoggerPathError: when ``run_dir/subdir`` cannot be written.
+    :raises LoggerWriteError: during the run, naming the event file, when a write fails (a full disk).
     """
 
     name = "tensorboard"
