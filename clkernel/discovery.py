@@ -224,8 +224,9 @@ class Registry:
             return f"{what}, which failed to load (see `clkernel plugins`)"
         return f"{what}, but the installed {source.label()} does not register it: pip install -U {dist}"
 
-    def load(self, kind: str, name: str, **options: Any) -> Any:
-        """Build component ``name`` of ``kind`` with ``options``."""
+    def load(self, kind: str, name: str, /, **options: Any) -> Any:
+        """Build component ``name`` of ``kind`` with ``options`` (which may hold a ``name`` or ``kind`` option of the
+        component's own: ``kind`` and ``name`` are positional-only)."""
         comp = self.get(kind, name)
         try:
             _signature(comp.factory).bind(**options)
@@ -362,8 +363,9 @@ def reset_registry(new: Registry | None = None) -> None:
     _registry = new
 
 
-def load(kind: str, name: str, **options: Any) -> Any:
-    """Build the component ``name`` of ``kind`` (benchmark, model, plugin, metric, logger) with ``options``."""
+def load(kind: str, name: str, /, **options: Any) -> Any:
+    """Build the component ``name`` of ``kind`` (benchmark, model, plugin, metric, logger) with ``options``
+    (``kind`` and ``name`` are positional-only, so a component may have options of those names)."""
     return registry().load(kind, name, **options)
 
 

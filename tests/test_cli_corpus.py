@@ -139,6 +139,16 @@ SEMANTIC_SKIP = {"seed", "num_classes", "input_size", "in_channels", "in_feature
                  "project", "entity", "group", "run_id", "run_name", "experiment", "tracking_uri"}
 
 
+#: Good values of the options a component requires, given with every case of that component (so that a case holds
+#: one mistake: its own). A component with a required option must be listed here (test below).
+REQUIRED: dict[tuple[str, str], dict[str, Any]] = {("plugin", "lr-scheduler"): {"scheduler": "StepLR", "step_size": 1}}
+
+
+def req(kind: str, name: str, but: str | None = None) -> str:
+    """The required options of a component as ``key=value,`` text, leaving out ``but``."""
+    return "".join(f"{k}={v}," for k, v in REQUIRED.get((kind, name), {}).items() if k != but)
+
+
 def component_cases() -> list[Case]:
     cases: list[Case] = []
     seen: set[tuple[str, str, Any]] = set()
@@ -163,10 +173,10 @@ def component_cases() -> list[Case]:
                 cases.append(Case(f"{prefix}-no-name", [flag, f":{key}=1"], [flag]))
                 cases.append(config_case(f"{prefix}-table-without-name", {table_key: {key: 1}}, ["name"]))
                 # option keys: unknown, misspelt, doubled, without '='
-                cases.append(Case(f"{prefix}-unknown-key", [flag, f"{name}:no_such_option=1"],
+                cases.append(Case(f"{prefix}-unknown-key", [flag, f"{name}:{req(kind, name)}no_such_option=1"],
                                   ["no_such_option", name]))
-                cases.append(config_case(f"{prefix}-unknown-key-toml",
-                                         {table_key: {"name": name, "no_such_option": 1}}, ["no_such_option"]))
+                cases.append(config_case(f"{prefix}-unknown-key-toml", {table_key: {
+                    "name": name, **REQUIRED.get((kind, name), {}), "no_such_option": 1}}, ["no_such_option"]))
                 for key, param in options.items():
                     target = _target(param)
                     # an option name and type already met in this kind (epoch: bool in most metrics) gets one
@@ -180,33 +190,40 @@ def component_cases() -> list[Case]:
                                 continue
                             needs_tasks = kind == "model" and name in TASK_AWARE_MODELS
                             cases.append(Case(f"{prefix}-{key}-{label}",
-                                              [*(TASK_BENCHMARK if needs_tasks else []), flag, f"{name}:{key}={text}"],
+                                              [*(TASK_BENCHMARK if needs_tasks else []), flag,
+                                               f"{name}:{req(kind, name, key)}{key}={text}"],
                                               [key]))
                     if not first:
                         if key not in SKIP_OPTIONS and target in WRONG:
                             label, text, value, shown = WRONG[target][0]
                             if text is not None:
-                                cases.append(Case(f"{prefix}-{key}-{label}", [flag, f"{name}:{key}={text}"],
+                                cases.append(Case(f"{prefix}-{key}-{label}",
+                                                  [flag, f"{name}:{req(kind, name, key)}{key}={text}"],
                                                   [f"{key}=", text]))
                             cases.append(config_case(f"{prefix}-{key}-{label}-toml",
-                                                     {table_key: {"name": name, key: value}}, [key]))
+                                                     {table_key: {"name": name, **REQUIRED.get((kind, name), {}),
+                                                                  key: value}}, [key]))
                         continue
                     good = {int: "1", float: "0.5", bool: "true", str: "x", list: "[1]", tuple: "(1,)"}.get(target)
                     if key not in SKIP_OPTIONS and good is not None:
-                        cases.append(Case(f"{prefix}-{key}-twice", [flag, f"{name}:{key}={good},{key}={good}"],
+                        cases.append(Case(f"{prefix}-{key}-twice",
+                                          [flag, f"{name}:{req(kind, name, key)}{key}={good},{key}={good}"],
                                           [key, "twice"]))
                     spelt = _misspell(key)
                     if spelt not in options and spelt != key:
-                        cases.append(Case(f"{prefix}-{key}-misspelt", [flag, f"{name}:{spelt}=1"], [spelt, key]))
+                        cases.append(Case(f"{prefix}-{key}-misspelt", [flag, f"{name}:{req(kind, name)}{spelt}=1"],
+                                          [spelt, key]))
                     if key in SKIP_OPTIONS or target is None:
                         continue
                     for i, (label, text, value, shown) in enumerate(WRONG.get(target, [])):
                         if text is not None:
-                            cases.append(Case(f"{prefix}-{key}-{label}", [flag, f"{name}:{key}={text}"],
+                            cases.append(Case(f"{prefix}-{key}-{label}",
+                                              [flag, f"{name}:{req(kind, name, key)}{key}={text}"],
                                               [f"{key}=", text if "[" not in text else shown]))
                         if kind == "plugin" or i == 0:
                             cases.append(config_case(f"{prefix}-{key}-{label}-toml",
-                                                     {table_key: {"name": name, key: value}}, [key]))
+                                                     {table_key: {"name": name, **REQUIRED.get((kind, name), {}),
+                                                                  key: value}}, [key]))
             else:
                 cases.append(Case(f"{prefix}-takes-no-option", [flag, f"{name}:x=1"], ["'x'", name]))
     return cases
@@ -290,7 +307,8 @@ def run_cases() -> list[Case]:
         add(config_case(f"toml-{key}={_toml_value(value)}", {key: value}, [key, shown]))
     add(config_case("toml-epochs-huge", {"epochs": "99999999999999999999999999"}, ["epochs", "9999999999"], raw=True))
     # config files
-    add(Case("config-binary", ["--config", "c.toml"], ["--config", "TOML"], config=b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe"))
+    add(Case("config-binary", ["--config", "c.toml"], ["--config", "TOML"],
+             config=b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe"))
     add(Case("config-latin1", ["--config", "c.toml"], ["--config", "TOML"], config="epochs = 1 # caf\xe9\n"
                                                                                   .encode("latin-1")))
     add(Case("config-invalid-toml", ["--config", "c.toml"], ["--config", "TOML"], config="epochs = = 1\n"))
@@ -435,3 +453,12 @@ def test_the_module_does_not_import_torch() -> None:
 
     code = "import sys, clkernel.config; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_every_component_with_a_required_option_has_its_good_values_in_required():
+    reg = registry()
+    needing = {(kind, name) for kind in ("benchmark", "model", "plugin", "metric", "logger")
+               for name in reg.available(kind)
+               if any(p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+                      for p in reg.get(kind, name).options().values())}
+    assert needing <= set(REQUIRED), f"add good values to REQUIRED for {sorted(needing - set(REQUIRED))}"

@@ -65,6 +65,10 @@ _SIMPLE = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
            "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str), "None": lambda v: v is None}
 
 
+#: The plugin's own options (the factory's), besides the scheduler class's.
+_OWN_OPTIONS = ("scheduler", "step_every", "reset_per_experience", "monitor", "log_every")
+
+
 def _check_options(cls: type, options: Mapping[str, Any], owner: str) -> None:
     """Every key is a parameter of ``cls``, every required parameter is given, and values annotated with plain
     types (``int``, ``float``, ``bool``, ``str``, ``None`` and their unions) have one of them."""
@@ -72,9 +76,10 @@ def _check_options(cls: type, options: Mapping[str, Any], owner: str) -> None:
               if k != "optimizer" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     where = f"{owner}: {cls.__name__}"
     for key, value in options.items():
-        if key not in params:
-            close = difflib.get_close_matches(key, params, n=1)
-            raise ValueError(f"{where} has no option {key!r}; its options: {', '.join(params) or '(none)'}"
+        if key not in params:  # a misspelling of the plugin's own options is as likely as of the class's
+            close = difflib.get_close_matches(key, [*params, *_OWN_OPTIONS], n=1)
+            raise ValueError(f"{where} has no option {key!r}; its options: {', '.join(params) or '(none)'} (and "
+                             f"{owner}'s own: {', '.join(_OWN_OPTIONS)})"
                              + (f"; did you mean {close[0]!r}?" if close else ""))
         annotation = params[key].annotation
         if isinstance(annotation, str):

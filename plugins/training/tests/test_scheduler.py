@@ -98,7 +98,9 @@ def test_a_monitored_metric_that_no_plugin_logs_fails_at_the_first_epochs_end(di
     (("CosineAnealingLR",), {}, ("lr-scheduler: unknown scheduler 'CosineAnealingLR'; did you mean "
                                 "'CosineAnnealingLR'?")),
     (("CosineAnnealingLR",), {"T_max": 10, "T_mx": 3}, ("lr-scheduler: CosineAnnealingLR has no option 'T_mx'; its "
-                                                       "options: T_max, eta_min, last_epoch; did you mean 'T_max'?")),
+                                                       "options: T_max, eta_min, last_epoch (and lr-scheduler's own: "
+                                                       "scheduler, step_every, reset_per_experience, monitor, "
+                                                       "log_every); did you mean 'T_max'?")),
     (("StepLR",), {}, "lr-scheduler: StepLR needs option step_size"),
     (("StepLR",), {"step_size": 2.5}, "lr-scheduler: StepLR: option step_size=2.5 must be int"),
     (("StepLR",), {"step_size": 1, "step_every": "epochs"}, "step_every must be 'epoch' or 'iteration'"),
