@@ -103,6 +103,14 @@ def test_installs_registers_and_passes_its_tests_and_the_conformance_kit(rendere
     assert exported == ["MyMethod", "anchor_penalty"] and not torch_imported  # lazy package, torch-free entry point
 
 
+def test_the_rendered_readme_python_example_runs(rendered: Path, venv: Path, tmp_path: Path) -> None:
+    blocks = re.findall(r"^```python\n(.*?)^```", (rendered / "README.md").read_text(), re.S | re.M)
+    assert len(blocks) == 1
+    script = tmp_path / "example.py"
+    script.write_text(blocks[0] + "\nassert 0.0 <= results['acc_stream/eval/test'] <= 1.0\n")
+    _run([str(venv / "bin" / "python"), str(script)], cwd=tmp_path)
+
+
 def test_builds_a_wheel_and_sdist_that_twine_accepts(rendered: Path, tmp_path: Path) -> None:
     _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(tmp_path), str(rendered)], cwd=tmp_path)
     built = sorted(p.name for p in tmp_path.iterdir())
