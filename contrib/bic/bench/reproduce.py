@@ -107,7 +107,9 @@ def main() -> None:
         f"{fmt(rows['replay'][0], 1)} | - (measured reference) | {rows['replay'][1]:.0f} s |",
         f"| Naive | {fmt(rows['naive'][0], 0)} | {fmt(rows['naive'][0], 1)} | 19.66 (SGD; Buzzega et al., 2020, "
         f"Table 2) | {rows['naive'][1]:.0f} s |", "",
-        f"Means +- standard deviation over seeds {args.seeds}.", "",
+        (f"Means +- standard deviation over seeds {args.seeds}." if len(args.seeds) > 1 else
+         f"One run per method, seed {args.seeds[0]} (the script's default runs seeds 0, 1 and 2; on this loaded "
+         f"machine only one was run)."), "",
         "No published BiC accuracy on Split MNIST was found (the paper: CIFAR-100, ImageNet-1000, Celeb-10000; "
         "PyCIL, FACIL and Mammoth's configurations: CIFAR-100 / ImageNet; Avalanche's continual-learning-baselines: "
         "no BiC). The comparison is therefore with Experience Replay and Naive measured in the same run and setting.",

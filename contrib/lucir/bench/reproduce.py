@@ -106,7 +106,9 @@ def main() -> None:
         f"{fmt(rows['replay'][0], 1)} | - (measured reference) | {rows['replay'][1]:.0f} s |",
         f"| Naive, cosine MLP | {fmt(rows['naive'][0], 0)} | {fmt(rows['naive'][0], 1)} | 19.66 (SGD, linear classifier; "
         f"Buzzega et al., 2020, Table 2) | {rows['naive'][1]:.0f} s |", "",
-        f"Means +- standard deviation over seeds {args.seeds}.", "",
+        (f"Means +- standard deviation over seeds {args.seeds}." if len(args.seeds) > 1 else
+         f"One run per method, seed {args.seeds[0]} (the script's default runs seeds 0, 1 and 2; on this loaded "
+         f"machine only one was run)."), "",
         "No published LUCIR accuracy on Split MNIST was found (the paper: CIFAR-100, ImageNet; PyCIL and Mammoth's "
         "configurations: CIFAR-100 / ImageNet; Avalanche: no LUCIR). The comparison is therefore with Experience "
         "Replay and Naive measured in the same run, setting and model.",
