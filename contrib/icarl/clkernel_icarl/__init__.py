@@ -8,5 +8,6 @@ Names are imported on first use (``lazy_loader``), so importing the package, or 
 import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
-    __name__, submod_attrs={"icarl": ["ICaRL", "classifier_features", "find_classifier", "icarl_loss"],
+    __name__, submod_attrs={"icarl": ["SELECTIONS", "ICaRL", "classifier_features", "exemplar_memory", "find_classifier",
+                                      "icarl_loss"],
                             "ncm": ["NCMClassifier", "class_means"]})

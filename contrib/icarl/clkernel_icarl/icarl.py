@@ -41,7 +41,7 @@ from clkernel import CLDataset, TrainState, iterate_minibatches, model_forward
 from clkernel.validate import positive_int
 from clkernel_icarl.ncm import NCMClassifier, class_means
 
-__all__ = ["ICaRL", "classifier_features", "find_classifier", "icarl_loss"]
+__all__ = ["SELECTIONS", "ICaRL", "classifier_features", "exemplar_memory", "find_classifier", "icarl_loss"]
 
 
 def find_classifier(model: nn.Module, classifier: str | None = None, owner: str = "icarl") -> nn.Module:
@@ -111,6 +111,62 @@ def classifier_features(model: nn.Module, dataset: CLDataset, *, classifier: str
     return torch.cat(rows) if rows else torch.zeros(0, 0)
 
 
+#: Exemplar selections :func:`exemplar_memory` knows.
+SELECTIONS = ("herding", "closest_to_center", "random")
+
+
+def _normalised_classifier_features(selection: Any, dataset: CLDataset, model: nn.Module | None) -> torch.Tensor:
+    if model is None:
+        raise ValueError("exemplar selection on classifier features needs the model: update(..., model=model)")
+    feats = classifier_features(model, dataset, classifier=selection.classifier, batch_size=selection.batch_size)
+    return F.normalize(feats, dim=1)
+
+
+class _Herding(HerdingSelection):
+    """Herding on the L2-normalised inputs of the model's classifier."""
+
+    def __init__(self, classifier: str | None) -> None:
+        super().__init__(normalize=True)
+        self.classifier = classifier
+
+    def features(self, dataset: CLDataset, model: nn.Module | None) -> torch.Tensor:
+        return _normalised_classifier_features(self, dataset, model)
+
+
+class _ClosestToCenter(ClosestToCenterSelection):
+    """The samples nearest the class mean of the L2-normalised inputs of the model's classifier."""
+
+    def __init__(self, classifier: str | None) -> None:
+        super().__init__(normalize=True)
+        self.classifier = classifier
+
+    def features(self, dataset: CLDataset, model: nn.Module | None) -> torch.Tensor:
+        return _normalised_classifier_features(self, dataset, model)
+
+
+def exemplar_memory(mem_size: int, selection: str = "herding", classifier: str | None = None,
+                    seed: int | None = None, *, owner: str = "icarl") -> ParametricBuffer:
+    """iCaRL's exemplar memory: a clkernel-replay :class:`~clkernel_replay.ParametricBuffer` of ``mem_size``
+    samples split evenly over the classes seen, each class keeping the first samples of the order ``selection``
+    gives, computed on the L2-normalised inputs of the model's classifier (:func:`classifier_features`) when
+    ``policy.update(experience, model=model)`` runs: ``herding`` (Rebuffi et al., 2017), ``closest_to_center`` or
+    ``random`` (seeded by ``seed``).
+
+    :param owner: names the plugin in error messages.
+    :raises ValueError: for a ``mem_size`` that is not a positive integer or an unknown ``selection``.
+    """
+    positive_int(mem_size, "mem_size", owner)
+    if selection not in SELECTIONS:
+        raise ValueError(f"{owner}: selection {selection!r} is unknown; choose one of {', '.join(SELECTIONS)}")
+    if selection == "random":
+        strategy: Any = RandomSelection(seed)
+    elif selection == "herding":
+        strategy = _Herding(classifier)
+    else:
+        strategy = _ClosestToCenter(classifier)
+    return ParametricBuffer(mem_size, groupby="class", selection=strategy, seed=seed)
+
+
 def icarl_loss(output: torch.Tensor, targets: torch.Tensor, units: torch.Tensor,
                old_output: torch.Tensor | None = None, old_units: torch.Tensor | None = None) -> torch.Tensor:
     """iCaRL's classification and distillation loss: binary cross-entropy with logits over the output ``units``,
@@ -161,28 +217,17 @@ class ICaRL:
     """
 
     name = "icarl"
-    SELECTIONS = ("herding", "closest_to_center", "random")
 
     def __init__(self, mem_size: int = 2000, selection: str = "herding", classifier: str | None = None,
                  nme: bool = True, seed: int | None = None) -> None:
-        self.mem_size = positive_int(mem_size, "mem_size", self.name)
-        if selection not in self.SELECTIONS:
-            raise ValueError(f"{self.name}: selection {selection!r} is unknown; choose one of "
-                             f"{', '.join(self.SELECTIONS)}")
         if classifier is not None and (not isinstance(classifier, str) or not classifier):
             raise ValueError(f"{self.name}: classifier must be the name of a submodule, got {classifier!r}")
-        self.selection, self.classifier, self.nme = selection, classifier, bool(nme)
-        if selection == "random":
-            strategy: Any = RandomSelection(seed)
-        else:
-            kind = HerdingSelection if selection == "herding" else ClosestToCenterSelection
-            strategy = kind(self._features, normalize=True)
-        self.policy = ParametricBuffer(mem_size, groupby="class", selection=strategy, seed=seed)
+        self.policy = exemplar_memory(mem_size, selection, classifier, seed, owner=self.name)
+        self.mem_size, self.selection, self.classifier, self.nme = mem_size, selection, classifier, bool(nme)
         self.ncm = NCMClassifier()
         self.prev_model: nn.Module | None = None
         self.prev_classes: list[int] = []
         self._pending: Mapping[str, torch.Tensor] | None = None  # loaded previous-model weights
-        self._feature_model: nn.Module | None = None  # the model the selection's features come from
         self._units: torch.Tensor | None = None
         self._old_units: torch.Tensor | None = None
         self._tap = _Tap()
@@ -192,25 +237,6 @@ class ICaRL:
     def buffer(self) -> CLDataset | None:
         """The exemplars (None before the first experience ends)."""
         return self.policy.buffer
-
-    # ------------------------------------------------------------------ features
-
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        """The selection's feature extractor: classifier inputs of the model being updated for a batch ``x``."""
-        model = self._feature_model
-        if model is None:
-            raise RuntimeError(f"{self.name}: features asked for outside an exemplar update")
-        module = find_classifier(model, self.classifier, self.name)
-        tap = _Tap()
-        tap.armed = True
-        handle = module.register_forward_pre_hook(tap)
-        try:
-            model_forward(model, x, torch.zeros(len(x), dtype=torch.long, device=x.device))
-        finally:
-            handle.remove()
-        if tap.value is None:
-            raise ValueError(f"{self.name}: the forward pass of {type(model).__name__} did not call its classifier")
-        return tap.value
 
     # ------------------------------------------------------------------ training
 
@@ -262,11 +288,7 @@ class ICaRL:
     @clkernel.hookimpl
     def after_training_exp(self, state: TrainState) -> None:
         model, exp = state.model, state.experience
-        self._feature_model = model
-        try:
-            self.policy.update(exp, model=model)  # type: ignore[arg-type]
-        finally:
-            self._feature_model = None
+        self.policy.update(exp, model=model)  # type: ignore[arg-type]
         self.ncm = NCMClassifier()
         buffer = self.policy.buffer
         if buffer is not None:
