@@ -56,6 +56,7 @@ class _FileLogger:
         self._written: list[str] = []
         self._failed: set[str] = set()  # files whose write failed (reported once)
         self._resume: dict[str, Any] | None = None  # a loaded checkpoint, applied when the run starts
+        self._continuing = False  # the files continue a checkpointed run
 
     def filenames(self) -> list[str]:
         """Every file this logger may write in ``run_dir``."""
@@ -68,8 +69,10 @@ class _FileLogger:
                 self._apply_resume()
             path = self.run_dir / filename
             with writing(path, self.who):
-                fresh = not path.exists() or path.stat().st_size == 0
-                f = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - closed in after_run
+                append = self._continuing or filename in self._written  # else a file of the same name is replaced
+                fresh = not append or not path.exists() or path.stat().st_size == 0
+                # closed in after_run
+                f = open(path, "a" if append else "w", newline="", encoding="utf-8")  # noqa: SIM115
                 try:
                     if fresh and header:
                         f.write(header)
@@ -180,6 +183,7 @@ class _FileLogger:
     def _apply_resume(self) -> None:
         resume, self._resume = self._resume, None
         assert resume is not None
+        self._continuing = True
         for name, recorded in resume["files"].items():
             truncate_file(self.run_dir / name, recorded["size"], self.who)
         for name in resume["absent"]:  # created after the checkpoint (by the run that was interrupted)

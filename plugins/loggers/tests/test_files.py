@@ -89,6 +89,20 @@ def test_files_are_closed_by_after_run_and_reopened_by_a_later_value(tiny, tmp_p
     assert [r["name"] for r in records[-2:]] == ["late_stream/eval/test", "not a scheme name"]
 
 
+@pytest.mark.parametrize("make, filename", [(CSVLogger, "metrics_train.csv"), (JSONLLogger, "metrics.jsonl"),
+                                            (TextLogger, "log.txt")], ids=["csv", "jsonl", "text"])
+def test_a_new_run_replaces_a_file_of_the_same_name_instead_of_appending_to_it(tiny, tmp_path, make, filename):
+    """``clkernel run --overwrite`` into a folder holding an older run: the older rows must not mix with the new."""
+    (tmp_path / filename).write_text("an older run's rows\n")
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for folder in (tmp_path, reference):
+        tiny.run_all(tiny.make_run(make(folder), n_exps=1))
+    assert b"older" not in (tmp_path / filename).read_bytes()
+    lines, expected = ((folder / filename).read_text().splitlines() for folder in (tmp_path, reference))
+    assert len(lines) == len(expected) and lines[0][:8] == expected[0][:8]  # one header; rows hold times
+
+
 def test_names_outside_the_scheme_are_accepted(tmp_path):
     state = clkernel.TrainState(model=torch.nn.Linear(1, 1), optimizer=None, criterion=None,  # type: ignore
                                 device=torch.device("cpu"), train_mb_size=1, train_epochs=1, eval_mb_size=1)
