@@ -109,7 +109,12 @@ class LFL:
 
     # ------------------------------------------------------------------ the frozen model
 
-    def _freeze_copy(self, model: torch.nn.Module, weights: Mapping[str, torch.Tensor] | None = None) -> None:
+    def freeze_previous(self, model: torch.nn.Module, weights: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Keep a frozen copy of ``model`` (eval mode, no gradients) as the previous model, with ``weights`` (a
+        ``state_dict``) loaded into it when given. The plugin calls it after each experience.
+
+        :raises ValueError: when the copy has no submodule ``classifier``.
+        """
         prev = copy.deepcopy(model).eval()
         if weights is not None:
             prev.load_state_dict(weights)
@@ -147,7 +152,7 @@ class LFL:
     def before_training_exp(self, state: TrainState) -> None:
         module = find_classifier(state.model, self.classifier)  # fails early, naming the model
         if self._pending is not None:  # loaded from a checkpoint: the live model gives the structure
-            self._freeze_copy(state.model, self._pending)
+            self.freeze_previous(state.model, self._pending)
             self._pending = None
         if self.freeze_classifier and self.experiences > 0:
             for p in module.parameters():
@@ -179,7 +184,7 @@ class LFL:
     def after_training_exp(self, state: TrainState) -> None:
         self._remove_hook()  # before copying: the frozen copy must not carry it
         self._capture.value = None
-        self._freeze_copy(state.model)
+        self.freeze_previous(state.model)
         self.experiences += 1
 
     @clkernel.hookimpl

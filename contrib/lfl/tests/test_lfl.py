@@ -27,7 +27,7 @@ def test_penalty_by_hand():
     # previous features of x = (1, 2) and (0, 1) under W1 = I: (1, 2), (0, 1); current under W1 = 2I: (2, 4),
     # (0, 2); squared differences 1, 4, 0, 1: mean 1.5; times lambda_e 0.1
     lfl = LFL(lambda_e=0.1)
-    lfl._freeze_copy(two_layer([[1.0, 0.0], [0.0, 1.0]]))
+    lfl.freeze_previous(two_layer([[1.0, 0.0], [0.0, 1.0]]))
     x, t = torch.tensor([[1.0, 2.0], [0.0, 1.0]]), torch.zeros(2, dtype=torch.long)
     current = two_layer([[2.0, 0.0], [0.0, 2.0]])
     features, out = classifier_inputs(current, x, t)
