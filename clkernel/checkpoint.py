@@ -130,11 +130,8 @@ def _check_plain(obj: Any, where: str, depth: int = 0) -> None:
     if isinstance(obj, _PLAIN) or depth > 64:
         return
     if isinstance(obj, (dict, list, tuple)):
-        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
-        for key, value in items:
-            if not isinstance(key, (str, int, float, bool, type(None))):
-                raise CheckpointError(f"{where} has a key of type {type(key).__name__}: checkpoints hold tensors "
-                                      f"and plain containers only")
+        for key, value in obj.items() if isinstance(obj, dict) else enumerate(obj):
+            _check_plain(key, f"{where} key {key!r}", depth + 1)
             _check_plain(value, f"{where}[{key!r}]", depth + 1)
         return
     raise CheckpointError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}: checkpoints hold "
@@ -298,13 +295,11 @@ class Checkpointer:
 
     def __init__(self, folder: str | os.PathLike[str], *, every: int = 0, minutes: float = 0.0,
                  keep: int = 3) -> None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-            raise ValueError(f"Checkpointer: every must be an integer >= 0, got {every!r}")
-        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not 0 <= minutes < float("inf"):
-            raise ValueError(f"Checkpointer: minutes must be a finite number >= 0, got {minutes!r}")
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"Checkpointer: keep must be an integer >= 1, got {keep!r}")
-        self.folder, self.every, self.seconds, self.keep = Path(folder), every, minutes * 60.0, keep
+        from clkernel.validate import non_negative_int, non_negative_number, positive_int
+
+        self.folder, self.every = Path(folder), non_negative_int(every, "every", "Checkpointer")
+        self.seconds = non_negative_number(minutes, "minutes", "Checkpointer") * 60.0
+        self.keep = positive_int(keep, "keep", "Checkpointer")
         #: Set by the loop while a request can wait for the end of the current iteration or experience.
         self.deferrable = False
         #: The exception :meth:`request` was given, raised by the loop once the checkpoint is written.
@@ -338,7 +333,3 @@ class Checkpointer:
             with contextlib.suppress(OSError):
                 old.unlink()
         return path
-
-    def latest(self) -> Path | None:
-        """The newest checkpoint file in the folder, or None."""
-        return latest_checkpoint(self.folder)

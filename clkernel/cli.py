@@ -4,6 +4,12 @@ Exit codes: 0 done; 2 usage error (bad name, option or value: the message names 
 is created); 1 failure during the run (one line on the console, the traceback in the run folder's
 ``events.jsonl``); 130 interrupted by Ctrl-C (SIGINT); 143 terminated by SIGTERM. An interrupted or terminated run
 is closed first: the plugins' ``after_run`` fires and ``results.json`` says ``interrupted``.
+
+Checkpoints: ``clkernel run`` writes one into ``RUN_DIR/checkpoints`` at the end of every training experience,
+every ``--checkpoint-every`` iterations and ``--checkpoint-minutes`` minutes, and when SIGINT or SIGTERM arrives
+during a training experience (at the end of the iteration in progress; elsewhere the run ends at once, its last
+checkpoint holding all its work); a second signal ends the command at once. ``clkernel run --resume RUN_DIR``
+continues a run from its newest checkpoint, with the configuration saved in ``RUN_DIR/config.json``.
 """
 
 from __future__ import annotations
@@ -17,11 +23,12 @@ import random
 import re
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
-from clkernel.config import RUN_KEYS, UsageError, check_component, resolve_run_config
+from clkernel.config import RESUME_MAY_CHANGE, RUN_KEYS, UsageError, check_component, flag, resolve_run_config
 from clkernel.discovery import FIRST_PARTY, KINDS, RegistryError, registry
 from clkernel.hookspecs import (
     EVENTS, REGISTRATION_FREQUENCY, REGISTRATION_HOOKS, SPEC, RegistrationHooks, TrainingEvents, plain_text,
@@ -263,8 +270,86 @@ def _missing_warning(kind: str, dist: str, what: str) -> None:
         log.warning(f"no_{kind}", message=f"no {kind} installed: pip install {dist}; {what}")
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated("SIGTERM")
+class _Signals:
+    """SIGINT and SIGTERM for ``clkernel run``. During start-up a signal is noted and raised at the next
+    :meth:`check` (never inside an import or a C++ call). Once the run started (:meth:`start`), the first asks
+    the checkpointer for a checkpoint at the end of the iteration in progress, after which the loop raises it; where
+    the loop is not inside a training experience it is raised at once. A second signal is raised at once."""
+
+    def __init__(self) -> None:
+        self.pending: BaseException | None = None
+        self.checkpointer: Any = None
+        self.run_dir: Path | None = None
+        self.previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Start afresh and handle both signals (in the main thread only: elsewhere Python's handlers stay)."""
+        self.__init__()  # type: ignore[misc]
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def handle(self, signum: int, frame: Any) -> None:
+        exc = Terminated("SIGTERM") if signum == signal.SIGTERM else KeyboardInterrupt()
+        first, self.pending = self.pending is None, self.pending or exc
+        if not first or (self.checkpointer is not None and not self.checkpointer.request(exc)):
+            raise exc
+
+    def check(self) -> None:
+        if self.pending is not None:
+            raise self.pending
+
+    def start(self, checkpointer: Any) -> None:
+        """The run starts: a signal noted since is honoured at the loop's first checkpoint point."""
+        self.checkpointer = checkpointer
+        if self.pending is not None:
+            checkpointer.requested = self.pending
+
+
+_SIGNALS = _Signals()
+
+
+def _saved_config(resume: str) -> dict[str, Any]:
+    """The configuration saved in a run folder to resume; a UsageError for a folder that cannot be resumed."""
+    from clkernel.checkpoint import latest_checkpoint
+
+    where = f"--resume {resume}"
+    folder = Path(resume)
+    if not folder.is_dir():
+        raise UsageError(f"{where}: " + ("no such folder" if not folder.exists() else "not a folder"))
+    try:
+        saved = json.loads((folder / "config.json").read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{where}: no config.json: not a folder written by clkernel run") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{where}: config.json cannot be read: {e}") from None
+    if not isinstance(saved, dict) or set(saved) - set(RUN_KEYS):
+        raise UsageError(f"{where}: config.json is not a clkernel run configuration")
+    if latest_checkpoint(folder / "checkpoints") is None:
+        raise UsageError(f"{where}: no checkpoint in {folder / 'checkpoints'} (the run ended before its first "
+                         f"checkpoint); start it again")
+    try:
+        status = json.loads((folder / "results.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        status = None
+    if status == "completed":
+        raise UsageError(f"{where}: the run is completed (results.json); nothing to resume")
+    return {**saved, "output": str(folder)}
+
+
+def _check_unchanged(resume: str, saved: dict[str, Any], config: dict[str, Any], given: set[str]) -> None:
+    """Refuse an option given with ``--resume`` whose value differs from the saved run's, unless it may change."""
+    for key in sorted(given):
+        if key == "output" and Path(config["output"]).resolve() != Path(resume).resolve():
+            raise UsageError(f"--output {config['output']} with --resume {resume}: a resumed run writes into its "
+                             f"own folder")
+        if key not in RESUME_MAY_CHANGE and config[key] != saved.get(key, RUN_KEYS[key]):
+            raise UsageError(f"{flag(key)} {json.dumps(config[key])} differs from the resumed run's "
+                             f"{json.dumps(saved.get(key, RUN_KEYS[key]))} (--resume {resume}); a resumed run keeps its "
+                             f"configuration, except {', '.join(flag(k) for k in RESUME_MAY_CHANGE)}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -272,11 +357,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     import clkernel
+    from clkernel.checkpoint import CheckpointError, Checkpointer, atomic_write, latest_checkpoint, load_checkpoint
     from clkernel.loop import NonFiniteLossError, Strategy, run
 
-    config = resolve_run_config(args)
+    _SIGNALS.check()
+    resume = getattr(args, "resume", None)
+    saved = _saved_config(resume) if resume is not None else None
+    given: set[str] = set()
+    config = resolve_run_config(args, base=saved, given=given)
     overwrite = bool(getattr(args, "overwrite", False))
-    _check_output_folder(config["output"], overwrite)
+    if saved is not None:
+        _check_unchanged(resume, saved, config, given)
+        if overwrite:
+            raise UsageError("--overwrite does not go with --resume (a resumed run continues its own files)")
+    else:
+        _check_output_folder(config["output"], overwrite)
     config["benchmark"] = _default("benchmark", config["benchmark"])
     config["model"] = _default("model", config["model"])
     config["metric"] = config["metric"] or registry().defaults("metric")
@@ -288,6 +383,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     context: dict[str, Any] = {"config": config, "seed": config["seed"], "device": device,
                                "dataset_root": config["data_root"]}
     used: dict[str, str] = {}
+    _SIGNALS.check()
     benchmark = _build("benchmark", config["benchmark"], context, used)
     bench_name = next(k for k in used if k.startswith("benchmark:")).split(":", 1)[1]
     shape = benchmark.input_shape
@@ -301,6 +397,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                          f"{', '.join(benchmark.streams)}")
     model = _build("model", config["model"], context, used)
     _dry_check(model, next(k for k in used if k.startswith("model:")).split(":", 1)[1], benchmark)
+    context["model"] = model  # plugins that name a part of the model (a feature layer) check it when built
     # plugins and metrics that write into the run folder are built once it exists; the others now
     early: dict[tuple[str, int], Any] = {}
     for kind in ("plugin", "metric"):
@@ -310,12 +407,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     for spec in config["logger"]:
         check_component("logger", spec)  # names and options checked before the folder is created
 
-    run_dir, created = _make_run_folder(config["output"], bench_name, overwrite)
+    _SIGNALS.check()
+    if saved is not None:
+        run_dir, created = Path(resume), []
+    else:
+        run_dir, created = _make_run_folder(config["output"], bench_name, overwrite)
     config["output"] = context["run_dir"] = run_dir
     try:
         built = {kind: [early[kind, i] if (kind, i) in early else _build(kind, spec, context, used)
                         for i, spec in enumerate(config[kind])] for kind in ("plugin", "metric")}
         loggers = [_build("logger", lg, context, used) for lg in config["logger"]]
+        _SIGNALS.check()
     except BaseException:
         for folder in created:  # a factory refused: leave nothing behind (only empty folders go)
             try:
@@ -324,7 +426,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 break
         raise
     config["output"] = str(run_dir)
-    configure_logging(args.log_format, log_file=run_dir / "events.jsonl")
+    checkpointer = Checkpointer(run_dir / "checkpoints", every=config["checkpoint_every"],
+                                minutes=config["checkpoint_minutes"], keep=config["keep_checkpoints"])
     if not config["metric"]:
         _missing_warning("metric", "clkernel-metrics", "the final accuracy is computed once, at the end, and printed here")
     if not config["logger"]:
@@ -337,9 +440,20 @@ def cmd_run(args: argparse.Namespace) -> int:
                         plugins=[*built["plugin"], *built["metric"], *loggers],
                         train_mb_size=config["mb_size"], train_epochs=config["epochs"],
                         eval_mb_size=config["eval_mb_size"], device=device, eval_every=config["eval_every"],
-                        on_nonfinite=config["on_nonfinite"])
+                        on_nonfinite=config["on_nonfinite"], checkpoint=checkpointer)
+    if saved is not None:  # everything is checked before anything loads: a refused checkpoint changes nothing
+        try:
+            load_checkpoint(latest_checkpoint(run_dir / "checkpoints"), strategy)  # type: ignore[arg-type]
+        except CheckpointError as e:
+            raise UsageError(f"--resume {resume}: {e}") from None
+    else:
+        atomic_write(run_dir / "config.json", lambda f: f.write(
+            (json.dumps({k: config[k] for k in RUN_KEYS}, indent=2, default=str) + "\n").encode()))
+    configure_logging(args.log_format, log_file=run_dir / "events.jsonl")
     log.info("run_start", kernel=clkernel.__version__, components=used, seed=config["seed"], device=str(device),
-             run_dir=str(run_dir), data_root=config["data_root"])
+             run_dir=str(run_dir), data_root=config["data_root"], resumed=strategy.resume_position)
+    _SIGNALS.run_dir = run_dir
+    _SIGNALS.start(checkpointer)
     try:
         results = run(strategy, benchmark, eval_streams=config["eval_streams"])
     except NonFiniteLossError as e:  # diverged: the message says where and what; a traceback would add nothing
@@ -424,6 +538,16 @@ def _parser() -> _Parser:
                    help="let --output be a folder that holds files: the run writes into it, replacing files of "
                         "the same name and keeping the others")
     p.add_argument("--data-root", dest="data_root", help="dataset folder (default: $CLKERNEL_DATA or a cache)")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int,
+                   help="also write a checkpoint every N training iterations (default: 0, only at the end of each "
+                        "experience and on SIGINT / SIGTERM)")
+    p.add_argument("--checkpoint-minutes", dest="checkpoint_minutes", type=float,
+                   help="also write a checkpoint every M minutes (default: 0, none on time)")
+    p.add_argument("--keep-checkpoints", dest="keep_checkpoints", type=int,
+                   help=f"checkpoint files kept in RUN_DIR/checkpoints (default: {RUN_KEYS['keep_checkpoints']})")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its newest checkpoint, with the configuration saved there "
+                        f"(options given must match it, except {', '.join(flag(k) for k in RESUME_MAY_CHANGE)})")
     p.add_argument("--on-nonfinite", dest="on_nonfinite", choices=("raise", "warn"),
                    help="a nan or inf training loss: raise (default) stops the run with exit code 1, naming the "
                         "experience, epoch, iteration and part of the loss; warn logs it and trains on")
@@ -449,12 +573,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"clkernel {args.command}: error: unrecognized arguments: {' '.join(extra)}"
                        + (f"; did you mean {hint[0]}?" if hint else "") + "\n")
     configure_logging(args.log_format)
-    previous = None
     if args.command == "run":  # SIGTERM closes the run as Ctrl-C does (the main thread only can set handlers)
-        try:
-            previous = signal.signal(signal.SIGTERM, _on_sigterm)
-        except ValueError:
-            previous = None
+        _SIGNALS.install()
     try:
         return COMMANDS[args.command](args)
     except (UsageError, RegistryError) as e:
@@ -465,14 +585,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated)
-        log.error("interrupted", command=args.command, signal="SIGTERM" if terminated else "SIGINT")
+        hint = {} if _SIGNALS.run_dir is None else {"resume": f"clkernel run --resume {_SIGNALS.run_dir}"}
+        log.error("interrupted", command=args.command, signal="SIGTERM" if terminated else "SIGINT", **hint)
         return EXIT_SIGTERM if terminated else EXIT_SIGINT
     except Exception as e:  # noqa: BLE001 - the command reports any failure as exit code 1
         log.exception("run_failed" if args.command == "run" else "command_failed", error=f"{type(e).__name__}: {e}")
         return EXIT_FAILED
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if args.command == "run":
+            _SIGNALS.restore()
 
 
 if __name__ == "__main__":

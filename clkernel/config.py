@@ -25,15 +25,20 @@ import typing
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONFIG_ALIASES", "INT_LIMITS", "LIST_KEYS", "RUN_KEYS", "SEED_MAX", "UsageError", "check_component",
-           "check_data_root", "check_device", "check_output", "flag", "load_config_file", "resolve_run_config"]
+__all__ = ["CONFIG_ALIASES", "INT_LIMITS", "LIST_KEYS", "RESUME_MAY_CHANGE", "RUN_KEYS", "SEED_MAX", "UsageError",
+           "check_component", "check_data_root", "check_device", "check_output", "flag", "load_config_file",
+           "resolve_run_config"]
 
 #: Every key of a run (config-file keys, and flags with ``_`` written ``-``) and its default.
 RUN_KEYS: dict[str, Any] = {
     "benchmark": None, "model": None, "plugin": [], "metric": [], "logger": [], "optimizer": "sgd",
     "lr": 0.01, "momentum": 0.9, "epochs": 1, "mb_size": 32, "eval_mb_size": 256, "seed": 0,
     "device": None, "output": None, "data_root": None, "on_nonfinite": "raise", "eval_every": 0,
-    "eval_streams": ["test"]}
+    "eval_streams": ["test"], "checkpoint_every": 0, "checkpoint_minutes": 0.0, "keep_checkpoints": 3}
+
+#: Keys whose value may differ from the saved configuration when a run resumes (``clkernel run --resume``): they
+#: change where or how often the run works, not what it computes.
+RESUME_MAY_CHANGE = ("device", "data_root", "output", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints")
 
 #: Config-file spellings accepted for a key (besides ``-`` for ``_``).
 CONFIG_ALIASES: dict[str, str] = {"plugins": "plugin", "metrics": "metric", "loggers": "logger"}
@@ -44,7 +49,8 @@ LIST_KEYS = ("plugin", "metric", "logger")
 #: Integer keys and their inclusive bounds. The upper bounds only catch typos: a run of a million epochs, or a
 #: minibatch of more than 2**20 samples, is not something anyone means.
 INT_LIMITS: dict[str, tuple[int, int]] = {"epochs": (1, 10**6), "mb_size": (1, 2**20), "eval_mb_size": (1, 2**20),
-                                          "seed": (0, 2**63 - 1), "eval_every": (-1, 10**6)}
+                                          "seed": (0, 2**63 - 1), "eval_every": (-1, 10**6),
+                                          "checkpoint_every": (0, 10**9), "keep_checkpoints": (1, 10**6)}
 #: The largest seed (torch takes seeds up to 2**64 - 1, but numpy and most tools take 63 bits).
 SEED_MAX = INT_LIMITS["seed"][1]
 
@@ -357,7 +363,8 @@ def check_component(kind: str, spec: Any, shown: str | None = None) -> tuple[str
 
 # ---------------------------------------------------------------------- the run
 
-def resolve_run_config(args: argparse.Namespace) -> dict[str, Any]:
+def resolve_run_config(args: argparse.Namespace, base: dict[str, Any] | None = None,
+                       given: set[str] | None = None) -> dict[str, Any]:
     """The run's configuration: :data:`RUN_KEYS` defaults < the ``--config`` TOML file < flags, every value
     checked. A bad value is a :class:`UsageError` naming the option (or config key and file) and the value.
 
@@ -366,10 +373,14 @@ def resolve_run_config(args: argparse.Namespace) -> dict[str, Any]:
     the sgd optimizer; choices for ``optimizer`` and ``on_nonfinite``; component specs (names, option keys and
     types, see :func:`check_component`); ``device`` by :func:`check_device` (normalised), ``output`` by
     :func:`check_output` and ``data_root`` by :func:`check_data_root`. Creates nothing.
+
+    :param base: the values to start from instead of :data:`RUN_KEYS` (a resumed run's saved configuration).
+    :param given: filled with the keys the config file or the flags set.
     """
-    config: dict[str, Any] = {k: (list(v) if isinstance(v, list) else v) for k, v in RUN_KEYS.items()}
+    start = {**RUN_KEYS, **(base or {})}
+    config: dict[str, Any] = {k: (list(v) if isinstance(v, list) else v) for k, v in start.items() if k in RUN_KEYS}
     shown: dict[str, str] = {k: flag(k) for k in RUN_KEYS}
-    given: set[str] = set()
+    given = set() if given is None else given
     config_path = getattr(args, "config", None)
     if config_path is not None:
         source = f"config file {config_path}"
@@ -394,6 +405,11 @@ def resolve_run_config(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"{shown['lr']} must be a finite number > 0, got {config['lr']!r}")
     config["eval_streams"] = _stream_names(config["eval_streams"], shown["eval_streams"])
     config["momentum"] = _float(config["momentum"], shown["momentum"], "a finite number >= 0")
+    config["checkpoint_minutes"] = _float(config["checkpoint_minutes"], shown["checkpoint_minutes"],
+                                          "a finite number >= 0 (0: no timed checkpoints)")
+    if config["checkpoint_minutes"] < 0:
+        raise UsageError(f"{shown['checkpoint_minutes']} must be a finite number >= 0, got "
+                         f"{config['checkpoint_minutes']!r}")
     if config["momentum"] < 0:
         raise UsageError(f"{shown['momentum']} must be a finite number >= 0, got {config['momentum']!r}")
     for key in _CHOICES:

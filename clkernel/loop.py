@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -374,8 +373,8 @@ class Strategy:
 
     def _save(self, position: dict[str, Any] | None = None) -> None:
         ck = self.checkpoint
-        path = ck.save(self, position)
-        log.debug("checkpoint", path=str(path), iteration=self.state.iteration)
+        if self.state.rank == 0:  # the other ranks hold the same state
+            log.debug("checkpoint", path=str(ck.save(self, position)), iteration=self.state.iteration)
         if position is not None:
             ck.deferrable = False
         if ck.requested is not None:  # a signal asked for this checkpoint: the run ends now
@@ -595,23 +594,12 @@ def _check_model(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model
         return
     try:
         model.load_state_dict(model_state)
-    except RuntimeError as e:
-        text = " ".join(str(e).split())
-        size = re.search(r"size mismatch for (\S+): copying a param with shape torch.Size\((\[.*?\])\) from "
-                         r"checkpoint, the shape in current model is torch.Size\((\[.*?\])\)", text)
-        keys = re.search(r"(Missing|Unexpected) key\(s\) in state_dict: \"([^\"]+)\"", text)
-        if size:
-            raise ValueError(f"the model does not fit: parameter {size.group(1)!r} has shape {size.group(2)} in "
-                             f"the checkpoint and {size.group(3)} in the model") from None
-        if keys:
-            raise ValueError(f"the model does not fit: parameter {keys.group(2)!r} is in the " + (
-                "model but not in the checkpoint" if keys.group(1) == "Missing" else
-                "checkpoint but not in the model")) from None
-        raise ValueError(f"the model does not fit: {text[:300]}") from None
+    except RuntimeError as e:  # torch names the parameters: the first one is enough
+        lines = [line.strip() for line in str(e).splitlines()[1:] if line.strip()] or [str(e)]
+        raise ValueError(f"the model does not fit: {lines[0][:300]}") from None
     update_optimizer(optimizer, model)
     groups = optimizer_state.get("param_groups") if isinstance(optimizer_state, dict) else None
-    if not groups or {k for k in groups[0] if k != "params"} != {k for k in optimizer.param_groups[0]
-                                                                  if k != "params"}:
+    if not groups or not set(optimizer.defaults) <= set(groups[0]):  # another type (schedulers add keys)
         raise ValueError(f"the optimizer does not fit: the checkpoint's is not a {type(optimizer).__name__} "
                          f"with the same options")
     try:

@@ -275,7 +275,8 @@ def test_bad_checkpoints_are_refused_naming_what_is_wrong_and_change_nothing(bad
         content, expect = _rewrite({"model": torch.zeros(3), "noise": noise}), r"is not a clkernel checkpoint"
     else:
         content = data
-        expect = {"shape": r"parameter '1.weight' has shape \[16, 64\] in the checkpoint and \[24, 64\] in the model",
+        expect = {"shape": r"does not fit: size mismatch for 1.weight: copying a param with shape "
+                           r"torch.Size\(\[16, 64\]\) from checkpoint, the shape in current model is torch.Size\(\[24, 64\]\)",
                   "missing": r"plugin 'ewc' of the checkpoint's run is missing from this strategy",
                   "extra": r"plugin 'lwf' of this strategy is extra"}[kind]
     path = bad_cases["folder"] / f"checkpoint-{kind}.pt"
