@@ -33,8 +33,14 @@ from clkernel import CLDataset, Experience
 from clkernel.validate import positive_int
 from clkernel_replay import ParametricBuffer, Replay
 
-__all__ = ["GSSGreedy", "GSSGreedyBuffer", "GSSGreedySelection", "ID_ATTRIBUTE", "gss_replacements",
-           "max_cosine_similarity"]
+__all__ = [
+    "ID_ATTRIBUTE",
+    "GSSGreedy",
+    "GSSGreedyBuffer",
+    "GSSGreedySelection",
+    "gss_replacements",
+    "max_cosine_similarity",
+]
 
 #: The data attribute that identifies samples across updates: ``update key * 2**32 + position in that update``.
 ID_ATTRIBUTE = "gss_id"

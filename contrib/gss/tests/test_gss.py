@@ -35,14 +35,14 @@ def test_replacement_draw_matches_its_closed_form_probabilities():
     g = torch.Generator().manual_seed(0)
     counts, trials = torch.zeros(3), 3000
     for _ in range(trials):
-        new, victim = gss_replacements(torch.tensor([0.0, 1.0]), torch.tensor([0.0]), g)
+        _, victim = gss_replacements(torch.tensor([0.0, 1.0]), torch.tensor([0.0]), g)
         counts[int(victim[0]) if len(victim) else 2] += 1
     freq = (counts / trials).tolist()
     assert freq == pytest.approx([1 / 6, 4 / 9, 7 / 18], abs=0.03)
     # a new sample whose gradient is already in the buffer (score 1) is never considered
     assert [len(v) for v in gss_replacements(torch.tensor([0.0, 0.5]), torch.tensor([1.0, 1.0]), g)] == [0, 0]
     # distinct victims within a minibatch
-    new, victim = gss_replacements(torch.tensor([-0.5, 0.9, 0.9]), torch.full((3,), -1.0), g)
+    _, victim = gss_replacements(torch.tensor([-0.5, 0.9, 0.9]), torch.full((3,), -1.0), g)
     assert len(set(victim.tolist())) == len(victim)
 
 
