@@ -111,7 +111,9 @@ class GEM:
             seed = int(torch.randint(0, 2**62, (1,)))
         self.generator = torch.Generator().manual_seed(int(seed))
         self._policies: dict[int, ReservoirSamplingBuffer] = {}
-        self._tensors: list[tuple[Any, torch.Tensor, torch.Tensor]] = []  # memories on the device, by index
+        # The memories on the device, by index; None after load_state_dict until the next minibatch or
+        # experience (a checkpoint taken inside an experience fires no before_training_exp again).
+        self._tensors: list[tuple[Any, torch.Tensor, torch.Tensor]] | None = []
         self.projections = 0
 
     # ------------------------------------------------------------------ reading
@@ -129,8 +131,11 @@ class GEM:
 
     @clkernel.hookimpl
     def before_training_exp(self, state: TrainState) -> None:
-        self._restore(state)
         self.projections = 0
+        self._load_memories(state)
+
+    def _load_memories(self, state: TrainState) -> None:
+        self._restore(state)
         self._tensors = []
         for policy in self._policies.values():
             data = policy.buffer.eval()  # type: ignore[union-attr]
@@ -139,6 +144,8 @@ class GEM:
 
     @clkernel.hookimpl
     def before_update(self, state: TrainState) -> None:
+        if self._tensors is None:  # loaded from a checkpoint taken inside this experience
+            self._load_memories(state)
         if not self._tensors:
             return
         model = state.model
@@ -180,14 +187,15 @@ class GEM:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors and lists: the stored experiences' indices, each memory's storage-policy state (which
-        samples of which experience, no data) and the sampling generator's state."""
+        samples of which experience, no data), the sampling generator's state and :attr:`projections`."""
         return {"experiences": list(self._policies),
                 "policies": [p.state_dict() for p in self._policies.values()],
-                "generator": self.generator.get_state()}
+                "generator": self.generator.get_state(), "projections": self.projections}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Load what :meth:`state_dict` returned. The memories get their data back at the next training
-        experience, from the datasets of its stream (same indices as when they were stored).
+        experience or, for a checkpoint taken inside one, at its next minibatch, from the datasets of its stream
+        (same indices as when they were stored).
 
         :raises KeyError: at that experience, when the stream lacks an experience a memory comes from.
         """
@@ -197,7 +205,8 @@ class GEM:
             policy.load_state_dict(policy_state)
             self._policies[int(index)] = policy
         self.generator.set_state(state["generator"])
-        self._tensors = []
+        self.projections = int(state.get("projections", 0))  # absent from checkpoints written before it was kept
+        self._tensors = None
 
     def _restore(self, state: TrainState) -> None:
         pending = [p for p in self._policies.values() if p.needs_restore]
