@@ -184,6 +184,8 @@ class SynapticIntelligence:
 
     @clkernel.hookimpl
     def loss_terms(self, state: TrainState) -> torch.Tensor | None:
+        if self._tracked is None:  # loaded from a checkpoint taken inside an experience: keep its path integral
+            self._bind(state.model)
         return self.penalty()
 
     @clkernel.hookimpl
@@ -210,6 +212,9 @@ class SynapticIntelligence:
                 "start": copy(self.start), "experiences": self.experiences}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Load a checkpoint. Taken inside an experience, it holds the experience's path integral so far
+        (``omega``) and starting point (``start``); the plugin binds them to the model at the next minibatch, as
+        a resumed epoch does not fire ``before_training_epoch`` again."""
         self.importances = {n: t.clone() for n, t in state["importances"].items()}
         self.anchor = {n: t.clone() for n, t in state["anchor"].items()}
         self.omega = {n: t.clone() for n, t in state["omega"].items()}
