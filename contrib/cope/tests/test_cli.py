@@ -1,0 +1,22 @@
+"""CoPE composed with replay through the real ``clkernel`` command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_clkernel_run_composes_cope_with_replay(tmp_path):
+    clkernel = Path(sys.executable).parent / "clkernel"
+    out = tmp_path / "run"
+    proc = subprocess.run([str(clkernel), "--log-format", "json", "run", "--benchmark", "split-digits",
+                           "--plugin", "replay:mem_size=100", "--plugin", "cope:mem_size=100", "--lr", "0.01",
+                           "--momentum", "0",
+                           "--metric", "accuracy", "--epochs", "1", "--output", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "completed" and results["experiences_trained"] == 5
+    assert 0.0 <= results["final_metrics"]["acc_stream/eval/test"] <= 1.0
