@@ -208,6 +208,8 @@ class RWalk:
 
     @clkernel.hookimpl
     def loss_terms(self, state: TrainState) -> torch.Tensor | None:
+        if not self._bound:  # loaded from a checkpoint taken inside an experience: go on with its running sums
+            self.bind(state.model)
         return self.penalty()
 
     @clkernel.hookimpl
@@ -242,6 +244,9 @@ class RWalk:
         return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Load a checkpoint. Taken inside an experience, it holds the experience's running ``s``, ``L``,
+        ``theta_c`` and Fisher; the plugin binds them to the model at the next minibatch, as a resumed epoch does
+        not fire ``before_training_epoch`` again."""
         copy = lambda d: {n: t.clone() for n, t in d.items()}  # noqa: E731
         self.fisher, self.loss, self.checkpoint = copy(state["fisher"]), copy(state["loss"]), copy(state["checkpoint"])
         self.scores, self.exp_scores = copy(state["scores"]), copy(state["exp_scores"])
