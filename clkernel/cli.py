@@ -265,7 +265,8 @@ def _needs_run_dir(kind: str, spec: Any) -> bool:
 def _missing_warning(kind: str, dist: str, what: str) -> None:
     if registry().available(kind):
         log.warning(f"no_{kind}", message=f"no {kind} given with --{kind} and no installed plugin provides a "
-                    f"default {kind}; {what}")
+                    f"default {kind} (pip install {dist} for the defaults, or give --{kind} "
+                    f"{'/'.join(registry().available(kind))}); {what}")
     else:
         log.warning(f"no_{kind}", message=f"no {kind} installed: pip install {dist}; {what}")
 

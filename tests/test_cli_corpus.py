@@ -136,7 +136,7 @@ NEEDS_LARGER_IMAGES = {"mt-simple-cnn", "simple-cnn"}
 SEMANTIC_SKIP = {"seed", "num_classes", "input_size", "in_channels", "in_features", "filename", "subdir", "stream",
                  "dataset_root", "decay_factor", "running_every",
                  # free text a tracker takes as it is (names, ids, addresses)
-                 "project", "entity", "group", "run_id", "run_name", "experiment", "tracking_uri"}
+                 "project", "entity", "group", "run_id", "run_name", "experiment", "tracking_uri", "name"}
 
 
 #: Good values of the options a component requires, given with every case of that component (so that a case holds

@@ -197,4 +197,4 @@ def test_without_metric_and_logger_packages_the_run_warns_and_prints_its_results
     assert [w["event"] for w in warnings] == ["no_metric", "no_logger"]
     assert "pip install clkernel-metrics" in warnings[0]["message"]
     assert "pip install clkernel-loggers" in warnings[1]["message"]
-    assert "final results: {}" in result.stdout and "run finished; results in runs/" in result.stdout
+    assert 'final results: {"accuracy/test": ' in result.stdout and "run finished; results in runs/" in result.stdout
