@@ -195,6 +195,9 @@ class DER:
         self._samples: CLDataset | None = None  # the buffer's train view while training an experience
         self._logits = self._width = None  # the same rows on the device
         self._uniform = True
+        # True after load_state_dict until the buffer is ready for training again: a checkpoint taken inside an
+        # experience fires no before_training_exp again, so the next minibatch prepares it.
+        self._pending = False
 
     @property
     def buffer(self) -> CLDataset | None:
@@ -203,13 +206,19 @@ class DER:
 
     @clkernel.hookimpl
     def before_training_exp(self, state: TrainState) -> None:
-        policy = self.memory.policy
-        if policy.needs_restore:
+        self._prepare(state)
+
+    def _restore(self, state: TrainState) -> None:
+        if self.memory.policy.needs_restore:
             stream = state.experience.stream if state.experience is not None else None
             if stream is None:
                 raise RuntimeError(f"{self.name}: the buffer was loaded from a checkpoint and is rebuilt from the "
                                    f"stream of the experience being trained, but that experience has no stream")
             self.memory.restore({exp.index: exp.dataset for exp in stream})
+
+    def _prepare(self, state: TrainState) -> None:
+        self._restore(state)
+        self._pending = False
         buffer = self.memory.buffer
         self._samples = None if buffer is None else buffer.train()
         if self._samples is not None:
@@ -223,6 +232,8 @@ class DER:
 
     @clkernel.hookimpl
     def loss_terms(self, state: TrainState) -> torch.Tensor | None:
+        if self._pending:  # loaded from a checkpoint taken inside this experience
+            self._prepare(state)
         if self._samples is None:
             return None
         k = self.batch_size_mem or state.train_mb_size
@@ -241,17 +252,22 @@ class DER:
 
     @clkernel.hookimpl
     def after_training_exp(self, state: TrainState) -> None:
+        self._restore(state)  # a checkpoint taken after the experience's last minibatch left it to be restored
         self.memory.update(state.experience, state.model, device=state.device,  # type: ignore[arg-type]
                            batch_size=state.eval_mb_size)
         self._samples = self._logits = self._width = None
+        self._pending = False
 
     def state_dict(self) -> dict[str, Any]:
         return {"memory": self.memory.state_dict(), "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Load a checkpoint; the buffer's samples are rebuilt from the stream at the next training experience."""
+        """Load a checkpoint; the buffer's samples are rebuilt from the stream at the next training experience or,
+        for a checkpoint taken inside one, at its next minibatch."""
         self.memory.load_state_dict(state["memory"])
         self.generator.set_state(state["generator"])
+        self._samples = self._logits = self._width = None
+        self._pending = True
 
 
 class DERpp(DER):
