@@ -81,6 +81,9 @@ class AGEM:
         self.generator = torch.Generator().manual_seed(int(seed))
         self._policies: dict[int, ClassBalancedBuffer] = {}
         self._memory: tuple[Any, torch.Tensor, torch.Tensor] | None = None  # every memory sample, on the device
+        # True after load_state_dict until the memory is on the device again: a checkpoint taken inside an
+        # experience fires no before_training_exp again, so the next before_update loads it.
+        self._pending = False
         self.projections = 0
 
     @property
@@ -96,9 +99,12 @@ class AGEM:
 
     @clkernel.hookimpl
     def before_training_exp(self, state: TrainState) -> None:
-        self._restore(state)
         self.projections = 0
-        self._memory = None
+        self._load_memory(state)
+
+    def _load_memory(self, state: TrainState) -> None:
+        self._restore(state)
+        self._memory, self._pending = None, False
         if not self._policies:
             return
         parts = [p.buffer.eval() for p in self._policies.values()]  # type: ignore[union-attr]
@@ -108,6 +114,8 @@ class AGEM:
 
     @clkernel.hookimpl
     def before_update(self, state: TrainState) -> None:
+        if self._pending:  # loaded from a checkpoint taken inside this experience
+            self._load_memory(state)
         if self._memory is None:
             return
         x, y, t = self._memory
@@ -141,21 +149,22 @@ class AGEM:
         policy.update(experience)  # type: ignore[arg-type]
         self._policies.pop(experience.index, None)  # type: ignore[union-attr]
         self._policies[experience.index] = policy  # type: ignore[union-attr]
-        self._memory = None
+        self._memory, self._pending = None, False
 
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors and lists: the stored experiences' indices, each memory's storage-policy state (which
-        samples of which experience, no data) and the generator's state (memory selection and reference
-        samples)."""
+        samples of which experience, no data), the generator's state (memory selection and reference
+        samples) and :attr:`projections`."""
         return {"experiences": list(self._policies),
                 "policies": [p.state_dict() for p in self._policies.values()],
-                "generator": self.generator.get_state()}
+                "generator": self.generator.get_state(), "projections": self.projections}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Load what :meth:`state_dict` returned. The memories get their data back at the next training
-        experience, from the datasets of its stream (same indices as when they were stored).
+        experience or, for a checkpoint taken inside one, at its next minibatch, from the datasets of its stream
+        (same indices as when they were stored).
 
         :raises KeyError: at that experience, when the stream lacks an experience a memory comes from.
         """
@@ -165,7 +174,8 @@ class AGEM:
             policy.load_state_dict(policy_state)
             self._policies[int(index)] = policy
         self.generator.set_state(state["generator"])
-        self._memory = None
+        self.projections = int(state.get("projections", 0))  # absent from checkpoints written before it was kept
+        self._memory, self._pending = None, True
 
     def _restore(self, state: TrainState) -> None:
         pending = [p for p in self._policies.values() if p.needs_restore]
