@@ -135,6 +135,7 @@ class MIR:
         self._samples: CLDataset | None = None  # the buffer's train view while training an experience
         self._groups: list[tuple[str, dict[str, Any]]] | None = None  # (parameter name, its optimizer group)
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (candidates, top among them)
+        self._ready = False  # _samples and _groups are set up for the experience being trained
 
     @property
     def buffer(self) -> CLDataset | None:
@@ -152,6 +153,11 @@ class MIR:
 
     @clkernel.hookimpl
     def before_training_exp(self, state: TrainState) -> None:
+        self._prepare(state)
+
+    def _prepare(self, state: TrainState) -> None:
+        """Take the buffer's train view for the experience being trained, rebuilding the buffer from its stream
+        first when it was loaded from a checkpoint."""
         policy = self.storage_policy
         if policy.needs_restore:
             stream = state.experience.stream if state.experience is not None else None
@@ -162,6 +168,7 @@ class MIR:
         buffer = policy.buffer
         self._samples = None if buffer is None else buffer.train()
         self._groups = None  # the model may grow before the first iteration: map the groups then
+        self._ready = True
 
     def _step_sizes(self, state: TrainState) -> float | dict[str, float]:
         if self.lr is not None:
@@ -173,6 +180,8 @@ class MIR:
 
     @clkernel.hookimpl
     def loss_terms(self, state: TrainState) -> torch.Tensor | None:
+        if not self._ready:  # loaded from a checkpoint taken inside an experience: before_training_exp has fired
+            self._prepare(state)
         if self._samples is None:
             return None
         model, device = state.model, state.device
@@ -192,13 +201,15 @@ class MIR:
     @clkernel.hookimpl
     def after_training_exp(self, state: TrainState) -> None:
         self.storage_policy.update(state.experience, model=state.model)  # type: ignore[arg-type]
-        self._samples = None
+        self._samples, self._ready = None, False
 
     def state_dict(self) -> dict[str, Any]:
         return {"storage_policy": self.storage_policy.state_dict(), "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Load a checkpoint; the buffer's samples are rebuilt from the stream at the next training experience."""
+        """Load a checkpoint; the buffer's samples are rebuilt from the stream at the next training experience or,
+        for a checkpoint taken inside one, at the next minibatch (the buffer then holds what it held when that
+        experience began: it is updated only after an experience)."""
         self.storage_policy.load_state_dict(state["storage_policy"])
         self.generator.set_state(state["generator"])
-        self._samples, self._last = None, None
+        self._samples, self._last, self._groups, self._ready = None, None, None, False
