@@ -112,6 +112,17 @@ class _AsymmetricReplay:
 
     @clkernel.hookimpl
     def before_training_exp(self, state: TrainState) -> None:
+        self._start(state, update=True)
+
+    @clkernel.hookimpl
+    def before_train_dataset_adaptation(self, state: TrainState) -> None:
+        if state.resuming:  # a checkpoint taken inside the experience: the buffer already holds its data
+            self._start(state, update=False)
+
+    def _start(self, state: TrainState, *, update: bool) -> None:
+        """Ready replay for the experience being trained: give a loaded buffer its samples back, add the
+        experience to it (``update``; not when resuming inside it, where the checkpoint already holds it) and
+        turn replay on once an experience has been trained."""
         policy = self.storage_policy
         if policy.needs_restore:
             stream = state.experience.stream if state.experience is not None else None
@@ -119,7 +130,8 @@ class _AsymmetricReplay:
                 raise RuntimeError(f"{self.name}: the buffer was loaded from a checkpoint and is rebuilt from the "
                                    f"stream of the experience being trained, but that experience has no stream")
             policy.restore({exp.index: exp.dataset for exp in stream})
-        policy.update(state.experience, model=state.model)  # type: ignore[arg-type]
+        if update:
+            policy.update(state.experience, model=state.model)  # type: ignore[arg-type]
         self._samples = policy.buffer.train() if state.experiences_trained > 0 else None  # type: ignore[union-attr]
 
     @clkernel.hookimpl
@@ -134,7 +146,9 @@ class _AsymmetricReplay:
         return {"storage_policy": self.storage_policy.state_dict(), "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Load a checkpoint; the buffer's samples are rebuilt from the stream at the next training experience."""
+        """Load a checkpoint; the buffer's samples are rebuilt from the stream at the next training experience or,
+        for a checkpoint taken inside one, when it resumes (``before_train_dataset_adaptation`` with
+        ``state.resuming``)."""
         self.storage_policy.load_state_dict(state["storage_policy"])
         self.generator.set_state(state["generator"])
 
@@ -241,9 +255,8 @@ class ERAML(_AsymmetricReplay):
             self._hook = None
         self._features = None
 
-    @clkernel.hookimpl
-    def before_training_exp(self, state: TrainState) -> None:
-        super().before_training_exp(state)
+    def _start(self, state: TrainState, *, update: bool) -> None:
+        super()._start(state, update=update)
         self._detach_hook()
         if self._samples is not None:
             self._attach(state.model)
