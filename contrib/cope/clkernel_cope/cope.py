@@ -181,6 +181,7 @@ class CoPE(Replay):
         self.head: PrototypeClassifier | None = None  # the plugin's own head (None: not built, or in the model)
         self._in_model: PrototypeClassifier | None = None
         self._hook: Any = None
+        self._attached = False  # the head in use is known (set at each training experience, lazily after a load)
         self._capture = False
         self._features: torch.Tensor | None = None
 
@@ -191,6 +192,7 @@ class CoPE(Replay):
         return self._in_model if self._in_model is not None else self.head
 
     def _attach(self, model: torch.nn.Module, strict: bool) -> None:
+        self._attached = strict
         heads = [m for m in model.modules() if isinstance(m, PrototypeClassifier)]
         if heads:
             if self._in_model is not heads[0]:
@@ -236,6 +238,8 @@ class CoPE(Replay):
 
     @clkernel.hookimpl
     def before_forward(self, state: TrainState) -> None:
+        if not self._attached:  # loaded from a checkpoint taken inside an experience
+            self._attach(state.model, strict=True)
         self._capture = self._in_model is not None
 
     @clkernel.hookimpl
@@ -288,6 +292,7 @@ class CoPE(Replay):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
+        self._attached = False
         head = state.get("head")
         if head is None:
             self.head = None

@@ -1,4 +1,4 @@
-"""CoPE passes the kernel's conformance kit (:mod:`clkernel.testing`)."""
+"""CoPE passes the kernel's conformance kit (:mod:`clkernel.testing`), resuming inside an experience too."""
 
 from __future__ import annotations
 
@@ -6,5 +6,6 @@ from clkernel.testing import check_training_plugin
 
 
 def test_cope_conforms():
-    results = check_training_plugin(name="cope", options={"mem_size": 50, "num_classes": 10})
+    results = check_training_plugin(name="cope", options={"mem_size": 50, "num_classes": 10},
+                                    resume_inside=True)
     assert [r.status for r in results] == ["passed"] * 4

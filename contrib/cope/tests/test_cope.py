@@ -173,3 +173,16 @@ def test_cope_beats_naive_on_split_digits():
     cope = _final_accuracy("cope", 0)
     assert naive < 0.3
     assert cope > naive + 0.4, (naive, cope)
+
+
+def test_a_head_in_the_model_is_found_again_after_resuming_inside_an_experience(blobs):
+    # a checkpoint taken inside an experience: before_training_exp does not fire again, the head is found lazily
+    from clkernel.testing import check_training_plugin
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                   torch.nn.Linear(32, 16), PrototypeClassifier(16, 10, seed=0))
+
+    results = check_training_plugin(lambda: CoPE(mem_size=50, seed=0), model=model, resume_inside=True)
+    assert [r.status for r in results] == ["skipped", "passed", "passed", "passed"]

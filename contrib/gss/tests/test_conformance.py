@@ -1,4 +1,4 @@
-"""GSS-greedy passes the kernel's conformance kit (:mod:`clkernel.testing`)."""
+"""GSS-greedy passes the kernel's conformance kit (:mod:`clkernel.testing`), resuming inside an experience too."""
 
 from __future__ import annotations
 
@@ -6,5 +6,6 @@ from clkernel.testing import check_training_plugin
 
 
 def test_gss_conforms():
-    results = check_training_plugin(name="gss", options={"mem_size": 50, "mem_strength": 5})
+    results = check_training_plugin(name="gss", options={"mem_size": 50, "mem_strength": 5},
+                                    resume_inside=True)
     assert [r.status for r in results] == ["passed"] * 4
