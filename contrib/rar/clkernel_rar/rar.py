@@ -8,6 +8,7 @@ combined minibatch anew at each step so that the repeated steps do not overfit t
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterable, Iterator, Mapping
 
 import torch
@@ -116,6 +117,16 @@ class RAR(Replay):
         self.augment_generator = torch.Generator().manual_seed(seed + 2)
 
     @clkernel.hookimpl
+    def before_train_dataset_adaptation(self, state: TrainState) -> None:
+        if state.resuming and self.repeats > 1:
+            warnings.warn(
+                f"{self.name}: resuming inside an experience with repeats={self.repeats}: the epoch in progress "
+                f"goes on without repetition and from the wrong minibatch (the kernel fires no event before it "
+                f"that could wrap its loader in a RepeatedLoader again), so this run will differ from an "
+                f"uninterrupted one; resume from a checkpoint taken at the end of an experience for identical "
+                f"results", RuntimeWarning, stacklevel=2)
+
+    @clkernel.hookimpl
     def before_training_epoch(self, state: TrainState) -> None:
         if self.repeats > 1 and not isinstance(state.dataloader, RepeatedLoader):
             state.dataloader = RepeatedLoader(state.dataloader, self.repeats)  # type: ignore[arg-type]
@@ -131,6 +142,9 @@ class RAR(Replay):
         return {**super().state_dict(), "augment_generator": self.augment_generator.get_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Load a checkpoint; the buffer is rebuilt from the stream at the next training experience."""
+        """Load a checkpoint; the buffer is rebuilt from the stream at the next training experience (or, for a
+        checkpoint taken inside one, at the next minibatch). With ``repeats > 1`` only a checkpoint taken at the end
+        of an experience resumes identically: inside one, the epoch in progress is not repeated (a warning
+        says so)."""
         super().load_state_dict(state)
         self.augment_generator.set_state(state["augment_generator"])
