@@ -38,7 +38,7 @@ from torch import nn
 
 import clkernel
 from clkernel import CLDataset, TrainState, iterate_minibatches, model_forward
-from clkernel.validate import positive_int
+from clkernel.validate import positive_int, positive_number
 from clkernel_icarl.ncm import NCMClassifier, class_means
 
 __all__ = ["SELECTIONS", "ICaRL", "classifier_features", "exemplar_memory", "find_classifier", "icarl_loss"]
@@ -168,19 +168,22 @@ def exemplar_memory(mem_size: int, selection: str = "herding", classifier: str |
 
 
 def icarl_loss(output: torch.Tensor, targets: torch.Tensor, units: torch.Tensor,
-               old_output: torch.Tensor | None = None, old_units: torch.Tensor | None = None) -> torch.Tensor:
+               old_output: torch.Tensor | None = None, old_units: torch.Tensor | None = None,
+               temperature: float = 1.0) -> torch.Tensor:
     """iCaRL's classification and distillation loss: binary cross-entropy with logits over the output ``units``,
     averaged over samples and units::
 
         mean_{i, c in units} BCE(sigmoid(output[i, c]), target[i, c])
         target[i, c] = 1 if targets[i] == c else 0           c a new class
-        target[i, c] = sigmoid(old_output[i, c])              c in old_units (distillation)
+        target[i, c] = sigmoid(old_output[i, c] / T)          c in old_units (distillation)
 
     :param output: the model's logits, float ``(B, C)``.
     :param targets: int64 ``(B,)``.
     :param units: int64 ``(U,)``, the classes seen so far (old and new), each ``< C``.
     :param old_output: the previous model's logits for the same samples, ``(B, C')``; None before it exists.
     :param old_units: int64 ``(O,)``, the classes the previous model learned (a subset of ``units``, each ``< C'``).
+    :param temperature: ``T``, dividing the previous model's logits (1 in the paper; van de Ven & Tolias's
+        reproduction uses 2).
     :returns: a 0-d tensor, differentiable with respect to ``output``.
     :raises ValueError: when a unit is not an output of the model.
     """
@@ -191,7 +194,7 @@ def icarl_loss(output: torch.Tensor, targets: torch.Tensor, units: torch.Tensor,
     target = (targets.unsqueeze(1) == units.unsqueeze(0)).to(logits.dtype)
     if old_output is not None and old_units is not None and len(old_units):
         where = torch.searchsorted(units, old_units)
-        target[:, where] = torch.sigmoid(old_output.index_select(1, old_units).to(logits.dtype))
+        target[:, where] = torch.sigmoid(old_output.index_select(1, old_units).to(logits.dtype) / temperature)
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
@@ -207,8 +210,11 @@ class ICaRL:
         :func:`find_classifier`).
     :param nme: classify by the nearest mean of exemplars at evaluation (the paper's iCaRL); False keeps the
         network's outputs (the paper's "hybrid1").
+    :param temperature: divides the previous model's logits before the sigmoid of the distillation targets (1, the
+        paper's; van de Ven & Tolias's reproduction uses 2).
     :param seed: seeds the random selection (default: drawn from torch's global generator).
-    :raises ValueError: for a ``mem_size`` that is not a positive integer, an unknown ``selection``, or a
+    :raises ValueError: for a ``mem_size`` that is not a positive integer, a ``temperature`` that is not
+        positive, an unknown ``selection``, or a
         ``classifier`` that is not a non-empty string; at training, for a model without that classifier.
 
     The loss is :func:`icarl_loss` over the classes seen so far, returned from ``loss_terms``; ``before_backward``
@@ -219,11 +225,12 @@ class ICaRL:
     name = "icarl"
 
     def __init__(self, mem_size: int = 2000, selection: str = "herding", classifier: str | None = None,
-                 nme: bool = True, seed: int | None = None) -> None:
+                 nme: bool = True, temperature: float = 1.0, seed: int | None = None) -> None:
         if classifier is not None and (not isinstance(classifier, str) or not classifier):
             raise ValueError(f"{self.name}: classifier must be the name of a submodule, got {classifier!r}")
         self.policy = exemplar_memory(mem_size, selection, classifier, seed, owner=self.name)
         self.mem_size, self.selection, self.classifier, self.nme = mem_size, selection, classifier, bool(nme)
+        self.temperature = positive_number(temperature, "temperature", self.name)
         self.ncm = NCMClassifier()
         self.prev_model: nn.Module | None = None
         self.prev_classes: list[int] = []
@@ -278,7 +285,7 @@ class ICaRL:
         if self.prev_model is not None:
             with torch.no_grad():
                 old = model_forward(self.prev_model, state.mb_x, state.mb_task)
-        return icarl_loss(state.mb_output, state.mb_y, self._units, old, self._old_units)
+        return icarl_loss(state.mb_output, state.mb_y, self._units, old, self._old_units, self.temperature)
 
     @clkernel.hookimpl
     def before_backward(self, state: TrainState) -> None:

@@ -22,10 +22,7 @@ def test_clkernel_run_composes_icarl_with_replay(tmp_path):
 
 
 def test_bad_option_is_a_usage_error(tmp_path, capsys):
-    from clkernel.cli import (  # in-process: one interpreter start per package is enough
-        EXIT_USAGE,
-        main,
-    )
+    from clkernel.cli import EXIT_USAGE, main  # in-process: one interpreter start per package is enough
 
     out = tmp_path / "run"
     code = main(["run", "--benchmark", "split-digits", "--plugin", "icarl:selection=kmeans", "--output", str(out)])

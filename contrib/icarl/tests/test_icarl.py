@@ -80,6 +80,9 @@ def test_icarl_loss_by_hand():
     assert float(loss.detach()) == pytest.approx(0.939890, abs=1e-6)
     loss.backward()
     assert float(output.grad[0, 3]) == 0.0  # an unseen class's unit is not trained
+    # with temperature 2 the targets are sigmoid(old / 2): logits 2 ln 3 and 0 give the same .75 and .5
+    warm = icarl_loss(output.detach(), torch.tensor([2]), units, old * torch.tensor([2.0, 1, 1]), old_units, 2.0)
+    assert float(warm) == pytest.approx(0.939890, abs=1e-6)
     # without a previous model every target is one-hot: units 0, 1 have target 0
     plain = icarl_loss(output.detach(), torch.tensor([2]), units)
     expected = (math.log(2) + math.log(1 + math.e) + math.log(1 + math.e)) / 3
@@ -170,6 +173,7 @@ def test_classifier_features_and_find_classifier():
     ({"mem_size": 0}, "icarl: mem_size must be a positive integer"),
     ({"selection": "kmeans"}, "icarl: selection 'kmeans' is unknown; choose one of herding"),
     ({"classifier": ""}, "icarl: classifier must be the name of a submodule"),
+    ({"temperature": 0}, "icarl: temperature must be a positive number"),
 ])
 def test_bad_options_name_the_option(kwargs, match):
     with pytest.raises(ValueError, match=match):
