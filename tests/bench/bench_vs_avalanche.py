@@ -12,7 +12,7 @@ experience and stream):
 
 Each run is its own process (``--child``), measured by this script: training and evaluation time (printed by
 the child), whole-process wall time (from spawn to exit: interpreter, imports, data, work) and peak RSS
-(``os.wait4``). Runs are interleaved (plain, clkernel, Avalanche, plain, ...) and the medians of ``--repeats``
+(the child's own VmHWM). Runs are interleaved (plain, clkernel, Avalanche, plain, ...) and the medians of ``--repeats``
 are printed with the ratios: clkernel / plain for train, eval, train + eval and whole process; Avalanche /
 clkernel for train + eval.
 
@@ -339,13 +339,24 @@ def measure(python: str, impl: str, row: str, data: Path, seed: int) -> dict[str
     proc = subprocess.Popen([python, __file__, "--child", impl, row, str(data), str(seed)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status, _ = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     out, err = proc.stdout.read(), proc.stderr.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{impl} {row} failed:\n{err[-3000:]}")
     result = json.loads(out.strip().splitlines()[-1])
-    return {**result, "wall": wall, "rss_mb": usage.ru_maxrss / 1024}
+    return {**result, "wall": wall}
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM). Not the rusage of a waited child: on Linux a child's high-water
+    mark starts at its parent's at fork time, so every child would report at least this script's own size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -363,7 +374,7 @@ def main() -> None:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         run = {"plain": child_plain, "clkernel": child_clkernel, "avalanche": child_avalanche}[impl]
         train, evaluation = run(row, load_data(data), int(seed))
-        print(json.dumps({"train": train, "eval": evaluation}))
+        print(json.dumps({"train": train, "eval": evaluation, "rss_mb": _peak_rss_mb()}))
         return
     impls = {"plain": sys.executable, "clkernel": sys.executable}
     if not args.no_avalanche:
