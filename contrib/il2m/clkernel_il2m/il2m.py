@@ -35,10 +35,13 @@ from torch import nn
 
 import clkernel
 from clkernel import CLDataset, TrainState, iterate_minibatches, model_forward
+from clkernel.log import get_logger
 
 __all__ = ["IL2M", "rectify_scores"]
 
 SCORES = ("logits", "softmax")
+
+log = get_logger("clkernel.il2m")
 
 
 def rectify_scores(scores: torch.Tensor, new_classes: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
@@ -76,7 +79,9 @@ class IL2M:
     :raises ValueError: for an option out of range, or an unknown ``score`` or ``selection``.
 
     With raw logits a ratio of mean scores is meaningful only when both are positive: an old class whose initial or
-    current mean score is not positive is left unrectified (factor 1); ``score="softmax"`` has no such case.
+    current mean score is not positive is left unrectified (factor 1), and when the latest confidence is not
+    positive nothing is rectified (an ``il2m_no_rectification`` warning is logged); ``score="softmax"`` has no
+    such case.
     Training itself is the loop's (cross-entropy on the experience plus the exemplars); the plugin adds no loss term.
     """
 
@@ -199,6 +204,11 @@ class IL2M:
                 self.current_means[c] = mean
         self.policy.update(exp, model=model)  # type: ignore[arg-type]
         self._factors = self._is_new = None
+        if new and self.confidence[-1] <= 0:
+            log.warning("il2m_no_rectification", experience=exp.index,  # type: ignore[union-attr]
+                        confidence=self.confidence[-1], reason="the model's mean top-1 raw score on the new "
+                        "classes is not positive, so score ratios mean nothing: no score is rectified after this "
+                        "experience; score='softmax' avoids it")
 
     # ------------------------------------------------------------------ evaluation
 
