@@ -127,7 +127,8 @@ WRONG = {
 #: Semantically wrong values (a range or a choice), which only the factory knows; only split-digits among the
 #: benchmarks (the others would download data if the factory ran).
 SEMANTIC = {int: [("negative", "-1"), ("zero", "0")], float: [("negative", "-1.0")], str: [("bogus", "no-such")]}
-SEMANTIC_OK = {("int", "zero"): {"seed", "hidden_layers", "max_shift"}}  # zero is fine for these
+#: Values that are fine for these options (gss's batch_threshold is a cosine-similarity gate: negative is meaningful).
+SEMANTIC_OK = {("int", "zero"): {"seed", "hidden_layers", "max_shift"}, ("float", "negative"): {"batch_threshold"}}
 #: Models that need a benchmark with task labels (they refuse split-digits without them, before their options).
 TASK_AWARE_MODELS = {"pnn", "mt-simple-mlp", "mt-simple-cnn"}
 TASK_BENCHMARK = ["--benchmark", "split-digits:return_task_id=True"]

@@ -143,4 +143,5 @@ def test_registered_with_its_options():
     plugin = clkernel.load("plugin", "lfl", lambda_e=0.5, classifier="head", freeze_classifier=False)
     assert isinstance(plugin, LFL) and (plugin.lambda_e, plugin.classifier, plugin.freeze_classifier) == (
         0.5, "head", False)
-    assert list(clkernel.registry().get("plugin", "lfl").options()) == ["lambda_e", "classifier", "freeze_classifier"]
+    assert list(clkernel.registry().get("plugin", "lfl").options()) == ["lambda_e", "classifier", "freeze_classifier",
+                                                                       "model"]
