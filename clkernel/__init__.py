@@ -23,6 +23,6 @@ _EXPORTS = {
 }
 
 __getattr__, __dir__, _lazy_all = lazy_loader.attach(
-    __name__, submodules=["checkpoint", "names", "testing", "validate"], submod_attrs=_EXPORTS)
+    __name__, submodules=["checkpoint", "distributed", "names", "testing", "validate"], submod_attrs=_EXPORTS)
 
 __all__ = sorted([*_lazy_all, "__version__"])

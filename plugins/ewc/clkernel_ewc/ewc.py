@@ -10,6 +10,10 @@ In separate mode the sum over experiences is kept folded: with ``A = sum_e F_e``
 ``mu = sum_e F_e theta_e / A``, ``sum_e F_e (theta - theta_e)^2 = A (theta - mu)^2 + c`` where the constant
 ``c = sum_e F_e (theta_e - mu)^2`` is computed once per experience. The penalty's value and gradient are the same
 as the direct sum, and its cost per minibatch and its memory stay those of one experience however many pass.
+
+In a distributed run every rank computes the importances over its share of the experience's minibatches and the
+sums are all-reduced (:func:`compute_importances`), so every rank holds the importances one process computes.
+The minibatch size is the strategy's ``train_mb_size`` (per rank), as in one process.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 import clkernel
-from clkernel import CLDataset, TrainState, iterate_minibatches, model_forward
+from clkernel import CLDataset, TrainState, distributed, iterate_minibatches, model_forward
 from clkernel.validate import non_negative_number, positive_int, unit_interval
 
 __all__ = ["EWC", "compute_importances", "ewc_penalty"]
@@ -29,13 +33,21 @@ Tensors = dict[str, torch.Tensor]
 
 def compute_importances(model: torch.nn.Module, dataset: CLDataset, *,
                         criterion: Callable[..., torch.Tensor] | None = None, batch_size: int = 32,
-                        device: torch.device | str | None = None) -> Tensors:
+                        device: torch.device | str | None = None, all_ranks: bool = True) -> Tensors:
     """The diagonal Fisher information of ``model``'s parameters on ``dataset``: the mean over minibatches (in
     dataset order) of the squared gradient of ``criterion`` (default cross-entropy), the model in eval mode.
 
     The model gets each minibatch's task labels when it takes them (:func:`clkernel.model_forward`). Parameters
     that get no gradient have zero importance. The model's gradients are cleared afterwards and its train/eval
-    mode restored.
+    mode restored. A model wrapped in ``DistributedDataParallel`` is unwrapped (names without ``module.``).
+
+    In a distributed run (:func:`clkernel.distributed.is_distributed`) with ``all_ranks`` (the default), every
+    rank must call it with the same model and dataset: each rank takes its share of the minibatches
+    (:func:`clkernel.distributed.shard_indices` over the minibatch count, so the minibatches are those of one
+    process), the sums of squared gradients are added over ranks (:func:`clkernel.distributed.all_reduce_sum`)
+    and divided by the total minibatch count, so that every rank returns what one process computes over the
+    whole dataset (up to summation order). ``all_ranks=False`` computes over the whole dataset in this process
+    alone, with no collective.
 
     :param batch_size: samples per minibatch (the mean is over minibatches, as in Avalanche).
     :param device: where minibatches go (default: where the parameters are).
@@ -44,15 +56,24 @@ def compute_importances(model: torch.nn.Module, dataset: CLDataset, *,
     :raises ValueError: for an empty dataset or a ``batch_size`` that is not a positive integer.
     """
     positive_int(batch_size, "batch_size", "compute_importances")
+    if len(dataset) == 0:  # known alike on every rank: raised before any collective
+        raise ValueError("compute_importances got an empty dataset")
+    model = _unwrap(model)  # DDP's backward would average the gradients over ranks
     criterion = criterion or torch.nn.CrossEntropyLoss()
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if device is None:
         device = next(iter(params.values())).device if params else torch.device("cpu")
     importances = {n: torch.zeros_like(p) for n, p in params.items()}
-    batches = 0
+    batches = -(-len(dataset) // batch_size)
+    shard = all_ranks and distributed.is_distributed()
+    indices = None
+    if shard:  # this rank's minibatches (every world_size-th), as sample indices in dataset order
+        mine = distributed.shard_indices(batches)
+        indices = (mine[:, None] * batch_size + torch.arange(batch_size)).flatten()
+        indices = indices[indices < len(dataset)]  # only the last minibatch can be short; it comes last
     with clkernel.eval_mode(model):
         try:
-            for x, y, t in iterate_minibatches(dataset, batch_size, shuffle=False):
+            for x, y, t in iterate_minibatches(dataset, batch_size, shuffle=False, indices=indices):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 model.zero_grad(set_to_none=True)
                 out = model_forward(model, x, t.to(device, non_blocking=True))
@@ -60,11 +81,11 @@ def compute_importances(model: torch.nn.Module, dataset: CLDataset, *,
                 for n, p in params.items():
                     if p.grad is not None:
                         importances[n] += p.grad.detach().pow(2)
-                batches += 1
         finally:
             model.zero_grad(set_to_none=True)
-    if batches == 0:
-        raise ValueError("compute_importances got an empty dataset")
+    if shard:
+        for imp in importances.values():  # the same names in the same order on every rank
+            distributed.all_reduce_sum(imp)
     return {n: imp / batches for n, imp in importances.items()}
 
 
@@ -91,6 +112,11 @@ def ewc_penalty(model: torch.nn.Module, importances: Mapping[str, torch.Tensor] 
             p = params[name][tuple(slice(0, s) for s in f.shape)]
             total = total + (f * (p - old[name]).pow(2)).sum()
     return ewc_lambda * total
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``DistributedDataParallel`` wrapper (parameter names without ``module.``)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def _grow(t: torch.Tensor, shape: torch.Size, name: str) -> torch.Tensor:
@@ -150,7 +176,7 @@ class EWC:
     @clkernel.hookimpl
     def before_training_epoch(self, state: TrainState) -> None:
         if state.epoch == 0:
-            self._bind(state.model)
+            self._bind(_unwrap(state.model))
 
     def _bind(self, model: torch.nn.Module) -> None:
         """Pair each penalised parameter with its importance and anchor, grown to its current shape."""
@@ -184,18 +210,19 @@ class EWC:
     @clkernel.hookimpl
     def loss_terms(self, state: TrainState) -> torch.Tensor | None:
         if self._sums and not self._anchor:  # loaded from a checkpoint taken inside an experience
-            self._bind(state.model)
+            self._bind(_unwrap(state.model))
         return self.penalty()
 
     # ------------------------------------------------------------------ importances
 
     @clkernel.hookimpl
     def after_training_exp(self, state: TrainState) -> None:
-        importances = compute_importances(state.model, state.experience.dataset.train(),  # type: ignore[union-attr]
+        model = _unwrap(state.model)
+        importances = compute_importances(model, state.experience.dataset.train(),  # type: ignore[union-attr]
                                           criterion=state.criterion, batch_size=state.train_mb_size,
                                           device=state.device)
-        self.consolidate(state.model, importances)
-        self._bind(state.model)
+        self.consolidate(model, importances)
+        self._bind(model)
 
     @torch.no_grad()
     def consolidate(self, model: torch.nn.Module, importances: Mapping[str, torch.Tensor]) -> None:
