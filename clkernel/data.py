@@ -13,6 +13,12 @@ replacing an attribute.
 Transforms: for a torch ``Dataset`` source they apply to one sample (torchvision style). For a tensor source they
 are *batched*: they receive a whole minibatch ``x[idx]`` with its leading batch dimension, so an epoch over
 in-memory data is one indexing operation and one transform call per minibatch, never a loop over samples.
+
+Devices: in-memory data can live on an accelerator (:meth:`CLDataset.to`, or ``from_tensors`` of a tensor
+there). Minibatches are then gathered there and come back there, ``x``, ``y`` and ``t`` alike, so an epoch
+makes no host-device copy per minibatch; data attributes stay on the CPU (the views' bookkeeping), and each
+view copies what its gathers need to the device once. Data read from a torch ``Dataset`` (files) is read on
+the CPU through a ``torch.utils.data.DataLoader`` (:class:`MinibatchLoader`), with worker processes if asked.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import torch
 from attrs import evolve, field, frozen
 from torch.utils.data import Dataset, default_collate
 
-__all__ = ["CLDataset", "as_cl_dataset", "iterate_minibatches"]
+__all__ = ["CLDataset", "EpochLoader", "MinibatchLoader", "as_cl_dataset", "iterate_minibatches",
+           "set_batch_reader_options"]
 
 Transform = Callable[[Any], Any]
 GROUPS = ("train", "eval")
@@ -75,6 +82,8 @@ def _attribute(name: str, values: Any, n: int) -> torch.Tensor:
     except (TypeError, ValueError, RuntimeError) as error:
         raise TypeError(f"data attribute {name!r} must be numbers, one per sample, got {type(values).__name__}: "
                         f"{error}") from None
+    if tensor.device.type != "cpu":  # views index and concatenate attributes on the CPU; gathers copy them once
+        tensor = tensor.cpu()
     if tensor.dim() == 0:
         tensor = tensor.expand(n).clone()
     if tensor.shape[0] != n:
@@ -110,6 +119,8 @@ class CLDataset:
     _index: torch.Tensor | None  # index inside the source per sample; None means 0..n-1 of the only source
     attributes: Mapping[str, torch.Tensor]
     group: str = field(default="train")
+    # per view: the bookkeeping tensors copied to the data's device, the batch reader of file-backed data
+    _cache: dict[Any, Any] = field(factory=dict, init=False, repr=False)
 
     # ----------------------------------------------------------------- construction
 
@@ -184,21 +195,75 @@ class CLDataset:
         """True when every source is an in-memory tensor, so :meth:`get_batch` needs no per-sample work."""
         return all(s.is_tensor for s in self._sources)
 
+    @property
+    def device(self) -> torch.device:
+        """Where minibatches are gathered: the device of the in-memory data (see :meth:`to`); the CPU for data read
+        from a torch ``Dataset``."""
+        return self._sources[0].data.device if self.is_batched else torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> CLDataset:
+        """A view whose in-memory sources live on ``device``; self when they already do.
+
+        Each tensor source is copied there whole, once: move a dataset before splitting it (a benchmark's
+        ``device`` option does), so that every experience, subset and replay buffer made from it shares that one
+        copy. :meth:`get_batch` and :func:`iterate_minibatches` then gather ``x``, ``y`` and ``t`` on the device
+        (index tensors are copied there once per epoch, not per minibatch), and batched transforms run there.
+        Data attributes stay on the CPU. Sources that are torch ``Dataset`` s (files) are not moved.
+
+        :raises RuntimeError: from torch when the device does not exist.
+        """
+        sources = tuple(_Source(s.data.to(device), s.transforms) if s.is_tensor else s for s in self._sources)
+        if all(new.data is old.data for new, old in zip(sources, self._sources)):
+            return self
+        return evolve(self, sources=sources)
+
+    def _bookkeeping(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """``targets``, ``task_labels``, the index inside the sources and the source numbers (None when not kept),
+        on ``device``: copied there once per view and device."""
+        values = (self.attributes["targets"], self.attributes["task_labels"], self._index, self._source_of)
+        if device.type == "cpu":
+            return values  # type: ignore[return-value]
+        key = ("bookkeeping", device)
+        if key not in self._cache:
+            self._cache[key] = tuple(None if v is None else v.to(device) for v in values)
+        return self._cache[key]
+
     def get_batch(self, idx: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        """The minibatch ``(x, y, t)`` of the samples at positions ``idx`` (a 1-D long tensor)."""
+        """The minibatch ``(x, y, t)`` of the samples at positions ``idx`` (a 1-D long tensor, any device).
+
+        In-memory data: one gather (per source) where the data lives; ``x``, ``y`` and ``t`` (int64, ``(B,)``)
+        come back on :attr:`device`. ``idx`` is copied there when it is elsewhere (pass it there to avoid that
+        copy). Data read from a torch ``Dataset``: read on the CPU by a :class:`MinibatchLoader` kept by this view,
+        with the worker processes :func:`set_batch_reader_options` asks for (default: none, read here).
+        """
         idx = torch.as_tensor(idx, dtype=torch.long)
-        y, t = self.attributes["targets"].index_select(0, idx), self.attributes["task_labels"].index_select(0, idx)
         if not self.is_batched:
-            return default_collate([self[int(i)][0] for i in idx]), y, t
-        if self._source_of is None:
-            return self._sources[0].batch(idx if self._index is None else self._index[idx], self.group), y, t
-        owner, inner = self._source_of[idx], self._index[idx]
+            return self._reader().read(idx)
+        device = self.device
+        idx = idx.to(device)
+        targets, tasks, index, source_of = self._bookkeeping(device)
+        y, t = targets.index_select(0, idx), tasks.index_select(0, idx)
+        if source_of is None:
+            return self._sources[0].batch(idx if index is None else index.index_select(0, idx), self.group), y, t
+        owner, inner = source_of.index_select(0, idx), index.index_select(0, idx)
         parts = {k: self._sources[k].batch(inner[owner == k], self.group) for k in owner.unique().tolist()}
         first = next(iter(parts.values()))
         x = first.new_empty((len(idx), *first.shape[1:]))
         for k, part in parts.items():
             x[owner == k] = part
         return x, y, t
+
+    def _reader(self) -> MinibatchLoader:
+        """This view's reader for :meth:`get_batch`, built again when the reader options changed."""
+        options = dict(_READER_OPTIONS)
+        kept = self._cache.get("reader")
+        if kept is None or kept[0] != options:
+            if kept is not None:
+                kept[1].close()
+            # the DataLoader holds a copy of this view (no cache), so the view does not keep itself alive
+            reader = MinibatchLoader(evolve(self), {**options, "persistent_workers": True})
+            kept = self._cache["reader"] = (options, reader)
+        return kept[1]
 
     def __getattr__(self, name: str) -> torch.Tensor:
         attributes = object.__getattribute__(self, "attributes")
@@ -242,6 +307,10 @@ class CLDataset:
             own = torch.zeros(len(d), dtype=torch.long) if d._source_of is None else d._source_of
             source_of.append(torch.tensor(numbers, dtype=torch.long)[own])
             index.append(torch.arange(len(d)) if d._index is None else d._index)
+        devices = {s.data.device for s in sources if s.is_tensor}
+        if len(devices) > 1:
+            raise ValueError(f"cannot concatenate in-memory datasets on different devices "
+                             f"({', '.join(sorted(map(str, devices)))}): move them with .to(device) first")
         names = [k for k in self.attributes if all(k in d.attributes for d in datasets)]
         attributes = {k: torch.cat([d.attributes[k] for d in datasets]) for k in names}
         single = len(sources) == 1
@@ -364,28 +433,202 @@ def as_cl_dataset(dataset: Any) -> CLDataset:
 
 
 def iterate_minibatches(dataset: CLDataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None
-                        = None, indices: torch.Tensor | None = None, drop_last: bool = False, num_workers: int = 0,
+                        = None, indices: torch.Tensor | None = None, drop_last: bool = False,
+                        loader_options: Mapping[str, Any] | None = None, loader: MinibatchLoader | None = None,
                         ) -> Iterator[tuple[Any, torch.Tensor, torch.Tensor]]:
     """One epoch of ``(x, y, t)`` minibatches over ``dataset`` (or over its samples ``indices``, e.g. one rank's).
 
-    In-memory data takes the batched path; other data goes through a torch ``DataLoader``.
+    In-memory data takes the batched path, on the data's device (:meth:`CLDataset.to`): the epoch's indices go
+    there once, then each minibatch is one gather and one transform call there. Other data is read by
+    ``loader``, a :class:`MinibatchLoader` of ``dataset`` that outlives the epoch (so ``persistent_workers`` keep
+    their workers from one epoch to the next), or else by a new one built with ``loader_options`` (keyword
+    arguments of ``torch.utils.data.DataLoader``: ``num_workers``, ``pin_memory``, ``prefetch_factor``...).
+
+    :raises ValueError: when ``loader`` reads another dataset than ``dataset``.
     """
     order = torch.arange(len(dataset)) if indices is None else indices
     if shuffle:
         order = order[torch.randperm(len(order), generator=generator)]
     stop = len(order) - (len(order) % batch_size if drop_last else 0)
-    if dataset.is_batched and dataset._source_of is None:
+    if dataset.is_batched:
+        device = dataset.device
+        order = order.to(device)  # once per epoch: every gather below stays on the device
+        targets, tasks, index, source_of = dataset._bookkeeping(device)
+        if source_of is not None:
+            for start in range(0, stop, batch_size):
+                yield dataset.get_batch(order[start:start + batch_size])
+            return
         # one gather per epoch for the index and the attributes; per minibatch, one gather of x and two views
         source = dataset._sources[0]
-        inner = order if dataset._index is None else dataset._index[order]
-        y, t = dataset.targets.index_select(0, order), dataset.task_labels.index_select(0, order)
+        inner = order if index is None else index.index_select(0, order)
+        y, t = targets.index_select(0, order), tasks.index_select(0, order)
         x_all, transform = source.data, source.transforms.get(dataset.group)
         for start in range(0, stop, batch_size):
             x = x_all.index_select(0, inner[start:start + batch_size])
             yield (x if transform is None else transform(x)), y[start:start + batch_size], t[start:start + batch_size]
-    elif dataset.is_batched:
-        for start in range(0, stop, batch_size):
-            yield dataset.get_batch(order[start:start + batch_size])
-    else:
-        batches = [order[s:s + batch_size].tolist() for s in range(0, stop, batch_size)]
-        yield from torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)
+        return
+    if loader is None:
+        loader = MinibatchLoader(dataset, loader_options)
+    elif loader.dataset is not dataset:
+        raise ValueError("iterate_minibatches: loader reads another dataset than the one given; build a "
+                         "MinibatchLoader(dataset, loader_options) for this one")
+    yield from loader(order[s:s + batch_size] for s in range(0, stop, batch_size))
+
+
+#: The DataLoader options of the readers behind :meth:`CLDataset.get_batch` for data that is not in memory.
+_READER_OPTIONS: dict[str, Any] = {}
+
+
+def set_batch_reader_options(loader_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Set how :meth:`CLDataset.get_batch` reads data that is not in memory (a replay buffer of image files).
+
+    ``loader_options`` are keyword arguments of ``torch.utils.data.DataLoader`` (``num_workers``,
+    ``pin_memory``, ...; None: read in this process, the default). With workers, each view keeps one
+    :class:`MinibatchLoader` whose workers persist, and each ``get_batch`` splits its samples over them. The
+    training loop sets this from its own ``loader_options``, so a replay buffer over files is read by as many
+    workers as the training data. Views built after the call, and views whose reader was built with other
+    options, use the new ones at their next read.
+
+    :returns: the previous options (to restore them).
+    :raises ValueError: for options clkernel sets itself (``batch_size``, ``sampler``, ...).
+    """
+    options = dict(loader_options or {})
+    _check_loader_options(options)
+    previous = dict(_READER_OPTIONS)
+    _READER_OPTIONS.clear()
+    _READER_OPTIONS.update(options)
+    return previous
+
+
+_SET_BY_CLKERNEL = ("dataset", "batch_size", "shuffle", "sampler", "batch_sampler", "drop_last")
+
+
+def _check_loader_options(options: Mapping[str, Any]) -> None:
+    taken = [k for k in _SET_BY_CLKERNEL if k in options]
+    if taken:
+        raise ValueError(f"loader_options: {', '.join(taken)} cannot be set: clkernel chooses the minibatches")
+
+
+class _Batches:
+    """A batch sampler whose list of minibatches (index lists) is replaced before each pass."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class MinibatchLoader:
+    """Reads minibatches of a dataset that is not in memory (files) through one ``torch.utils.data.DataLoader``.
+
+    The DataLoader is built once, with a batch sampler whose list of minibatches each call replaces: with
+    ``persistent_workers=True`` its worker processes (and their prefetching) live as long as this object, across
+    the epochs of an experience, instead of starting again each epoch. Items are read with
+    ``dataset[i]`` (the view's transform group) and collated with torch's ``default_collate``.
+
+    :param dataset: the CLDataset to read.
+    :param loader_options: keyword arguments of ``torch.utils.data.DataLoader``: ``num_workers``,
+        ``pin_memory``, ``persistent_workers``, ``prefetch_factor``, ``worker_init_fn``, ... Without workers
+        (``num_workers`` 0), ``persistent_workers`` and ``prefetch_factor`` are ignored.
+    :raises ValueError: for ``batch_size``, ``shuffle``, ``sampler``, ``batch_sampler``, ``drop_last`` (clkernel
+        chooses the minibatches), or options the DataLoader refuses.
+    :raises TypeError: for an option the DataLoader does not have.
+    """
+
+    def __init__(self, dataset: CLDataset, loader_options: Mapping[str, Any] | None = None) -> None:
+        options = dict(loader_options or {})
+        _check_loader_options(options)
+        self.dataset = dataset
+        self.num_workers = int(options.get("num_workers", 0))
+        if self.num_workers == 0:
+            options.pop("persistent_workers", None)
+            options.pop("prefetch_factor", None)
+        self._batches = _Batches()
+        self._loader: torch.utils.data.DataLoader | None = torch.utils.data.DataLoader(
+            dataset, batch_sampler=self._batches, **options)
+
+    def __call__(self, batches: Iterable[torch.Tensor | Sequence[int]]) -> Iterator[tuple[Any, torch.Tensor,
+                                                                                          torch.Tensor]]:
+        """One pass: the minibatches ``(x, y, t)`` of ``batches`` (each a 1-D index tensor or list of positions),
+        in order. Starting a pass ends the previous one.
+
+        :raises RuntimeError: after :meth:`close`.
+        """
+        if self._loader is None:
+            raise RuntimeError("this MinibatchLoader is closed")
+        self._batches.batches = [b.tolist() if isinstance(b, torch.Tensor) else list(b) for b in batches]
+        return iter(self._loader)
+
+    def read(self, idx: torch.Tensor | Sequence[int]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """One minibatch ``(x, y, t)`` of the samples at ``idx``, split over the workers so they read it together
+        (in this process without workers)."""
+        idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+        if self.num_workers == 0 or len(idx) < 2:
+            return default_collate([self.dataset[int(i)] for i in idx])
+        parts = list(self(idx.tensor_split(min(self.num_workers, len(idx)))))
+        return tuple(torch.cat(column) for column in zip(*parts))  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Drop the DataLoader: its worker processes stop (as when this object is garbage collected)."""
+        self._loader = None
+
+
+class EpochLoader:
+    """The loop's loader: re-iterable, each iteration one epoch of ``(x, y, t)`` minibatches over ``dataset``.
+
+    A shuffled epoch records the generator's state before drawing its order (``epoch_state``); ``resume =
+    (minibatches done, that state)`` makes the next epoch draw the same order and skip what was done.
+
+    Shuffled (training), each epoch's order is ``torch.utils.data.DistributedSampler``'s, seeded by a number
+    drawn from ``generator``: it changes every epoch and is reproducible from the seed. On several processes
+    (``world_size`` > 1) the generator is the same on every rank, so all ranks draw the same global order, padded
+    as the sampler pads (every rank the same number of samples, the first ones repeated to fill the last shard,
+    so no rank waits for another at a gradient all-reduce), and rank ``r`` takes every ``world_size``-th index
+    from ``r``. Global minibatch ``k`` (``batch_size x world_size`` samples) is then the same samples for every
+    world size, which lets a checkpoint taken inside an epoch resume on another number of processes. Not
+    shuffled (evaluation): every ``world_size``-th sample from ``rank``, no padding, so the shards partition the
+    data exactly and summed counts equal one process's.
+
+    :param generator: draws the shuffled orders (default: torch's global generator).
+    :param loader_options: keyword arguments of the ``torch.utils.data.DataLoader`` that reads data which is not
+        in memory (``num_workers``, ``pin_memory``, ``persistent_workers``, ``prefetch_factor``).
+    """
+
+    def __init__(self, dataset: CLDataset, batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
+                 *, rank: int = 0, world_size: int = 1, loader_options: Mapping[str, Any] | None = None) -> None:
+        self.dataset, self.batch_size, self.shuffle, self.generator = dataset, batch_size, shuffle, generator
+        self.rank, self.world_size, self.loader_options = rank, world_size, loader_options
+        self.resume: tuple[int, torch.Tensor] | None = None
+        self.epoch_state: torch.Tensor | None = None
+
+    def _order(self) -> tuple[torch.Tensor | None, int]:
+        """This epoch's sample indices for this rank (None: all, in order) and the minibatches to skip."""
+        n, w = len(self.dataset), self.world_size
+        if not self.shuffle:
+            return (None if w == 1 else torch.arange(self.rank, n, w)), 0
+        (skip, state), self.resume, generator = self.resume or (0, None), None, self.generator
+        if state is None:
+            state = generator.get_state() if generator is not None else torch.get_rng_state()
+        else:
+            generator = torch.Generator().set_state(state)
+        self.epoch_state = state
+        seed = int(torch.randint(2 ** 31, (1,), generator=generator))
+        sampler = torch.utils.data.DistributedSampler(range(n), num_replicas=w, rank=self.rank, seed=seed)
+        return torch.tensor(list(sampler), dtype=torch.long), skip
+
+    def __iter__(self) -> Iterator[tuple[Any, torch.Tensor, torch.Tensor]]:
+        order, skip = self._order()
+        if order is not None:
+            order = order[skip * self.batch_size:]
+        return iterate_minibatches(self.dataset, self.batch_size, shuffle=False, indices=order,
+                                   loader_options=self.loader_options)
+
+    def __len__(self) -> int:
+        """Minibatches per epoch on this rank."""
+        n, w = len(self.dataset), self.world_size
+        mine = -(-n // w) if self.shuffle else len(range(self.rank, n, w))
+        return -(-mine // self.batch_size)

@@ -53,15 +53,16 @@ def plugin_name(plugin: Any, taken: set[str]) -> str:
     return name
 
 
-def compose(plugins: Iterable[Any]) -> pluggy.PluginManager:
+def compose(plugins: Iterable[Any], *, distributed: bool = False) -> pluggy.PluginManager:
     """A plugin manager holding :class:`~clkernel.hookspecs.TrainingEvents` and ``plugins``, called in the
     order given (pluggy calls the last registered first, so they are registered in reverse). Plugins are named
     in the order given: two ``replay`` plugins are ``replay`` and ``replay#2``.
 
     :raises CompositionError: one line naming the plugin, for a class given instead of an instance, the same
         object listed twice, an unknown event name (with a did-you-mean), arguments that are not the spec's or
-        that have a default value, a hook wrapper on an event the loop calls directly, or an object implementing
-        no event.
+        that have a default value, a hook wrapper on an event the loop calls directly, an object implementing
+        no event, or (``distributed``: the run has several processes) a plugin whose class attribute
+        ``supports_distributed`` is False.
     """
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(TrainingEvents)
@@ -74,6 +75,9 @@ def compose(plugins: Iterable[Any]) -> pluggy.PluginManager:
         if id(plugin) in seen:
             raise CompositionError(f"plugin {seen[id(plugin)]!r} is listed twice; pass it once (or two instances)")
         seen[id(plugin)] = name
+        if distributed and getattr(plugin, "supports_distributed", True) is False:
+            raise CompositionError(f"plugin {name!r} cannot run on several processes (its supports_distributed is "
+                                   f"False): run it in one process, without torchrun")
     for name, plugin in reversed(named):
         try:
             pm.register(plugin, name=name)

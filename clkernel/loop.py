@@ -9,12 +9,13 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable
+import inspect
+from typing import Any, Callable, Iterable, Mapping
 
 from clkernel.log import get_logger
 import torch
 
-from clkernel.data import iterate_minibatches
+from clkernel.data import EpochLoader
 from clkernel.dispatch import Dispatcher, PluginError, compose
 from clkernel.modules import DynamicModule, adapt_model, eval_mode, model_forward, update_optimizer
 from clkernel.state import TrainState
@@ -56,6 +57,12 @@ class Strategy:
     :param eval_every: when ``train()`` evaluates its ``eval_streams``: -1 never, 0 after each training
         experience (the default), k > 0 also every k epochs.
     :param generator: the ``torch.Generator`` that shuffles training minibatches (default: torch's global one).
+    :param loader_options: keyword arguments of the ``torch.utils.data.DataLoader`` that reads datasets which
+        are not in memory (an image folder): ``num_workers``, ``pin_memory``, ``persistent_workers``,
+        ``prefetch_factor``...; in-memory tensors are gathered a minibatch at a time and ignore them.
+    :param ddp_options: keyword arguments of ``torch.nn.parallel.DistributedDataParallel`` on several processes;
+        ``find_unused_parameters`` defaults to True for a model with a dynamic module (the heads of other tasks
+        get no gradient) and False otherwise.
     :param checkpoint: a :class:`~clkernel.checkpoint.Checkpointer`: write checkpoints as it says (every N
         iterations, every M minutes, at the end of every training experience, on request); default none.
     :param trace: dispatch every event through pluggy's hook calls, so that
@@ -67,12 +74,18 @@ class Strategy:
         checked at every iteration, before ``loss.backward()``; on other devices, so as not to wait for the
         device at every minibatch, every 1024 iterations (:data:`NONFINITE_CHECK_EVERY`) and at each epoch's end,
         before :func:`after_training_epoch`: the iterations after the first non-finite one run until then.
-    :raises ValueError: for a size or epoch count that is not a positive integer, ``eval_every < -1``, or an
-        ``on_nonfinite`` other than ``"raise"`` or ``"warn"``.
+    :raises ValueError: for a size or epoch count that is not a positive integer, ``eval_every < -1``, an
+        ``on_nonfinite`` other than ``"raise"`` or ``"warn"``, or a ``loader_options`` / ``ddp_options`` key
+        that the DataLoader / DistributedDataParallel does not take (or that the loop sets itself).
     :raises TypeError: when ``model`` is not a module.
     :raises CompositionError: when a plugin cannot be composed (see :func:`clkernel.dispatch.compose`).
 
-    The rank and world size come from ``torch.distributed`` when a process group is initialised.
+    On several processes (a ``torch.distributed`` process group initialised, e.g. by ``torchrun``) the rank and
+    world size come from it; training runs the model wrapped in ``DistributedDataParallel`` (wrapped again at
+    each experience, after dynamic modules adapted), each rank trains on its shard of every experience and
+    evaluates its shard of every evaluation experience (:class:`~clkernel.data.EpochLoader`), minibatch sizes
+    are per rank, and the default device is the process's current CUDA device. ``state.model`` stays the plain
+    module. See :mod:`clkernel.distributed`.
     Use ``with strategy:`` (or call :meth:`close`) so that :func:`after_run` fires and files are closed; leaving
     the ``with`` block on an exception sets ``state.outcome`` to ``"failed"`` (``"interrupted"`` for a
     ``KeyboardInterrupt``) and ``state.error`` first, and :meth:`close` sets a ``"running"`` outcome to
@@ -95,6 +108,8 @@ class Strategy:
         trace: bool = False,
         on_nonfinite: str = "raise",
         checkpoint: Any = None,
+        loader_options: Mapping[str, Any] | None = None,
+        ddp_options: Mapping[str, Any] | None = None,
     ) -> None:
         positive_int(train_mb_size, "train_mb_size", "Strategy")
         positive_int(train_epochs, "train_epochs", "Strategy")
@@ -106,17 +121,23 @@ class Strategy:
             raise ValueError(f"Strategy: on_nonfinite must be 'raise' or 'warn', got {on_nonfinite!r}")
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        rank, world_size = 0, 1
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        from clkernel import distributed
+
+        rank, world_size = distributed.rank(), distributed.world_size()
+        if device is None and torch.cuda.is_available():
+            device = torch.device("cuda", torch.cuda.current_device()) if world_size > 1 else "cuda"
+        device = torch.device(device or "cpu")
+        self.loader_options = _options(loader_options, torch.utils.data.DataLoader, "loader_options",
+                                       ("dataset", "batch_size", "shuffle", "sampler", "batch_sampler", "drop_last"))
+        self.ddp_options = _options(ddp_options, torch.nn.parallel.DistributedDataParallel, "ddp_options",
+                                    ("module", "device_ids", "output_device"))
         self.plugins = list(plugins)
         self.eval_every = eval_every
         self.generator = generator
         self.on_nonfinite = on_nonfinite
         self._check_every = NONFINITE_CHECK_EVERY.get(device.type, NONFINITE_CHECK_EVERY["default"])
         self._warned: tuple[int, int] | None = None  # (experiences_trained, epoch) of the last nonfinite_loss warning
-        self.plugin_manager = compose(self.plugins)
+        self.plugin_manager = compose(self.plugins, distributed=world_size > 1)
         self.plugin_names = [self.plugin_manager.get_name(p) for p in self.plugins]
         self.checkpoint = checkpoint
         self.dispatcher = Dispatcher(self.plugin_manager, rank=rank, trace=trace)
@@ -130,8 +151,9 @@ class Strategy:
         self._started = self._closed = self._initial_eval_asked = self._in_experience = False
         self._output_files: list[Path] = []
         self._resume: dict[str, Any] | None = None  # the position a loaded checkpoint resumes from
-        self._loader: _EpochLoader | None = None
+        self._loader: EpochLoader | None = None
         self._skip = 0  # minibatches of the next epoch already trained (resuming inside it)
+        self._train_model: torch.nn.Module = model  # what training calls: the model, or its DDP wrapper
 
     # ------------------------------------------------------------------ dispatch
 
@@ -243,8 +265,10 @@ class Strategy:
         s.dataset = exp.dataset.train()
         self._fire("after_train_dataset_adaptation")
         s.resuming = False
-        s.dataloader = self._loader = _EpochLoader(s.dataset, s.train_mb_size, True, self.generator)
+        s.dataloader = self._loader = EpochLoader(s.dataset, s.train_mb_size, True, self.generator, rank=s.rank,
+                                                  world_size=s.world_size, loader_options=self.loader_options)
         adapt_model(s.model, exp, optimizer=s.optimizer, device=s.device)
+        self._train_model = self._wrap(s.model) if s.world_size > 1 else s.model
         first = 0
         if resume is not None:  # the epoch in progress: its order again, from the next minibatch on
             first, self._skip = resume["epoch"], resume["iteration"]
@@ -277,7 +301,7 @@ class Strategy:
         before_it, before_fw, after_fw = c["before_training_iteration"], c["before_forward"], c["after_forward"]
         before_bw, after_bw = c["before_backward"], c["after_backward"]
         before_up, after_up, after_it = c["before_update"], c["after_update"], c["after_training_iteration"]
-        terms_fns, model, optimizer, ck = self._loss_terms, s.model, s.optimizer, self.checkpoint
+        terms_fns, model, optimizer, ck = self._loss_terms, self._train_model, s.optimizer, self.checkpoint
         move = s.device.type != "cpu"
         check_every, losses, parts = self._check_every, [], []  # the unchecked losses, and their parts
         s.epoch_iteration, self._skip = self._skip, 0
@@ -361,6 +385,18 @@ class Strategy:
                 f"{tuple(y.shape)} (largest class id {int(y.max())}): does the model have enough outputs for "
                 f"the benchmark's classes? ({e})") from e
 
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` in ``DistributedDataParallel`` (which ignores frozen parameters); ``model`` itself when
+        nothing in it trains. Built afresh for each experience, as adaptation may have added parameters."""
+        if not any(p.requires_grad for p in model.parameters()):
+            return model
+        options = {"find_unused_parameters": any(isinstance(m, DynamicModule) for m in model.modules()),
+                   **self.ddp_options}
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.state.device] if self.state.device.type == "cuda" else None, **options)
+        ddp.takes_task_labels = getattr(model, "takes_task_labels", False)  # model_forward reads it
+        return ddp
+
     def _to_device(self, mb: Any) -> tuple[Any, torch.Tensor, torch.Tensor]:
         device = self.state.device
         return tuple(v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for v in mb)  # type: ignore
@@ -410,6 +446,7 @@ class Strategy:
         s = self.state
         loop = {"position": self.position, "experiences_trained": s.experiences_trained, "iteration": s.iteration,
                 "train_mb_size": s.train_mb_size, "train_epochs": s.train_epochs,
+                "world_size": s.world_size,
                 "epoch_rng": self._loader.epoch_state if self._in_experience and self._loader else None,
                 "modes": {name: m.training for name, m in s.model.named_modules()},
                 "initial_eval_asked": self._initial_eval_asked, "warned": self._warned and list(self._warned),
@@ -451,10 +488,16 @@ class Strategy:
                                  if _stateful(plugin) else "keeps no state but the checkpoint holds some for it"))
         loop, position = state["loop"], state["loop"]["position"]
         if position["stage"] == "train":
-            for key in ("train_mb_size", "train_epochs"):
-                if loop[key] != getattr(s, key):
-                    raise ValueError(f"the checkpoint was taken inside an experience with {key}={loop[key]}; "
-                                     f"this strategy has {key}={getattr(s, key)}")
+            if loop["train_epochs"] != s.train_epochs:
+                raise ValueError(f"the checkpoint was taken inside an experience with train_epochs="
+                                 f"{loop['train_epochs']}; this strategy has train_epochs={s.train_epochs}")
+            saved_world = int(loop.get("world_size", 1))  # absent from checkpoints of one process before 0.3
+            if loop["train_mb_size"] * saved_world != s.train_mb_size * s.world_size:
+                raise ValueError(
+                    f"the checkpoint was taken inside an experience with a global minibatch of "
+                    f"{loop['train_mb_size'] * saved_world} (train_mb_size={loop['train_mb_size']} on "
+                    f"{saved_world} process(es)); this strategy has {s.train_mb_size * s.world_size} "
+                    f"(train_mb_size={s.train_mb_size} on {s.world_size})")
         if (state["rng"].get("generator") is None) != (self.generator is None):
             raise ValueError("the checkpoint's run shuffled minibatches with " + (
                 "torch's global generator, this strategy with its own" if self.generator is not None else
@@ -518,7 +561,8 @@ class Strategy:
                     self._fire("after_eval_dataset_adaptation")
                     if dynamic:  # a static model was placed on the device once, at construction
                         adapt_model(s.model, exp, device=s.device).eval()  # modules it created evaluate too
-                    s.dataloader = _EpochLoader(s.dataset, s.eval_mb_size, False, None)
+                    s.dataloader = EpochLoader(s.dataset, s.eval_mb_size, False, rank=s.rank, world_size=s.world_size,
+                                               loader_options=self.loader_options)
                     s.epoch_iteration = 0
                     for mb in s.dataloader:
                         s.mb = self._to_device(mb) if move else mb
@@ -580,6 +624,21 @@ def _outcome_of(exc: BaseException) -> tuple[str, str]:
     return kind, f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
+def _options(options: Mapping[str, Any] | None, target: Any, what: str, reserved: tuple[str, ...]) -> dict[str, Any]:
+    """``options`` as a dict, every key a keyword of ``target`` that the loop does not set itself."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ValueError(f"Strategy: {what} must be a mapping of keyword arguments, got {type(options).__name__}")
+    accepted = set(inspect.signature(target).parameters) - set(reserved)
+    for key in options:
+        if key not in accepted:
+            raise ValueError(f"Strategy: {what} has {key!r}, which {target.__name__} does not take"
+                             + (" (the loop sets it)" if key in reserved else "")
+                             + f"; it takes: {', '.join(sorted(accepted))}")
+    return dict(options)
+
+
 def _stateful(plugin: Any) -> bool:
     return callable(getattr(plugin, "state_dict", None)) and callable(getattr(plugin, "load_state_dict", None))
 
@@ -606,33 +665,6 @@ def _check_model(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model
         optimizer.load_state_dict(optimizer_state)
     except (ValueError, KeyError, RuntimeError) as e:
         raise ValueError(f"the optimizer does not fit: {' '.join(str(e).split())}") from None
-
-
-class _EpochLoader:
-    """A re-iterable loader: each iteration is one epoch of minibatches over ``dataset``. A shuffled epoch records
-    the generator's state before drawing its order (``epoch_state``); ``resume = (minibatches done, that
-    state)`` makes the next epoch draw the same order and skip what was done."""
-
-    def __init__(self, dataset: Any, batch_size: int, shuffle: bool, generator: torch.Generator | None) -> None:
-        self.dataset, self.batch_size, self.shuffle, self.generator = dataset, batch_size, shuffle, generator
-        self.resume: tuple[int, torch.Tensor] | None = None
-        self.epoch_state: torch.Tensor | None = None
-
-    def __iter__(self) -> Any:
-        if not self.shuffle:
-            return iterate_minibatches(self.dataset, self.batch_size, shuffle=False)
-        (skip, state), self.resume, generator = self.resume or (0, None), None, self.generator
-        if state is None:
-            state = generator.get_state() if generator is not None else torch.get_rng_state()
-        else:
-            generator = torch.Generator().set_state(state)
-        self.epoch_state = state
-        order = torch.randperm(len(self.dataset), generator=generator)
-        return iterate_minibatches(self.dataset, self.batch_size, shuffle=False,
-                                   indices=order[skip * self.batch_size:])
-
-    def __len__(self) -> int:
-        return -(-len(self.dataset) // self.batch_size)
 
 
 def _named_stream(benchmark: Benchmark, name: str) -> Stream:

@@ -201,7 +201,8 @@ def test_a_plugin_state_that_is_not_plain_is_refused_when_saving_naming_the_plug
 def test_resuming_inside_an_experience_with_another_minibatch_size_is_refused(reference):
     inside = next(f for f in reference["files"] if read_checkpoint(f)[0]["position"]["stage"] == "train")
     bench, _, strategy = build(("replay", "ewc"), mb=16)
-    with pytest.raises(CheckpointError, match="train_mb_size=32; this strategy has train_mb_size=16"):
+    with pytest.raises(CheckpointError, match=r"a global minibatch of 32 \(train_mb_size=32 on 1 process\(es\)\); "
+                                              r"this strategy has 16 \(train_mb_size=16 on 1\)"):
         load_checkpoint(inside, strategy)
 
 

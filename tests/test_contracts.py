@@ -246,8 +246,8 @@ RANKS_SCRIPT = textwrap.dedent('''
     data = CLDataset.from_tensors(torch.randn(8, 3), y)
     bench = Benchmark({"train": Stream("train", [Experience(0, data)]), "test": Stream("test", [Experience(0, data)])})
     model = torch.nn.Linear(3, 4)
-    strategy = Strategy(model, torch.optim.SGD(model.parameters(), lr=0.1), plugins=[Probe()], train_mb_size=4,
-                        device="cpu")
+    strategy = Strategy(model, torch.optim.SGD(model.parameters(), lr=0.1), plugins=[Probe()], train_mb_size=2,
+                        device="cpu")  # each rank trains on its 4 of the 8 samples: 2 minibatches
     clkernel.run(strategy, bench)
     files = [str(f) for f in strategy.close()]
     seen.update(rank=strategy.state.rank, world_size=strategy.state.world_size, files=files)
