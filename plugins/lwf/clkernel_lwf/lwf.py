@@ -202,7 +202,13 @@ class LwF:
     :param alpha: weight of the distillation term (>= 0), a number or one per experience (a list at least as long
         as the stream).
     :param temperature: softmax temperature (> 0).
-    :raises ValueError: for options out of range; at training, for an ``alpha`` list shorter than the stream.
+    :raises ValueError: for options out of range; at training, for an ``alpha`` list shorter than the stream, or
+        for a model that takes task labels in a distributed run (see below).
+
+    On several processes (``torchrun``) the frozen copy is the same on every rank (the model is), each rank
+    distils its own share of the minibatch and DDP averages the gradients: one process's update on the whole
+    minibatch. A model that takes task labels is refused there: its distillation runs the current model through
+    every old head outside the loop's (DDP) forward pass.
     """
 
     name = "lwf"
@@ -212,6 +218,11 @@ class LwF:
 
     @clkernel.hookimpl
     def before_training_exp(self, state: TrainState) -> None:
+        if state.world_size > 1 and getattr(state.model, "takes_task_labels", False):
+            raise ValueError(f"{self.name}: with a model that takes task labels (one head per task), LwF runs the "
+                             f"current model through every old head outside the loop's forward pass, which "
+                             f"DistributedDataParallel cannot reduce (those heads are unused in its forward); run "
+                             f"it in one process, without torchrun")
         stream = state.experience.stream  # type: ignore[union-attr]
         if stream is not None:
             self.lwf.check_stream_length(len(stream))

@@ -261,3 +261,17 @@ def test_registration_parses_alpha_lists():
     assert reg.available("plugin") == ["lwf"]
     plugin = reg.load("plugin", "lwf", alpha=[0, 1, 1], temperature=1.0)
     assert isinstance(plugin, LwF) and plugin.lwf.alpha == [0.0, 1.0, 1.0] and plugin.lwf.temperature == 1.0
+
+
+def test_a_model_taking_task_labels_is_refused_in_a_distributed_run(blobs):
+    # Its distillation runs the current model through every old head outside the loop's DDP forward pass; the
+    # refusal comes at the first experience, before any training.
+    from types import SimpleNamespace
+
+    class TwoHeads(torch.nn.Module):
+        takes_task_labels = True
+
+    with pytest.raises(ValueError, match="lwf: with a model that takes task labels .* run it in one process"):
+        LwF().before_training_exp(SimpleNamespace(world_size=2, model=TwoHeads()))
+    bench = blobs.make_benchmark(num_exps=1)
+    LwF().before_training_exp(SimpleNamespace(world_size=2, model=blobs.make_model(), experience=bench.train_stream[0]))
