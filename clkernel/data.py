@@ -472,7 +472,7 @@ def iterate_minibatches(dataset: CLDataset, batch_size: int, *, shuffle: bool, g
     elif loader.dataset is not dataset:
         raise ValueError("iterate_minibatches: loader reads another dataset than the one given; build a "
                          "MinibatchLoader(dataset, loader_options) for this one")
-    yield from loader(order[s:s + batch_size] for s in range(0, stop, batch_size))
+    yield from loader([order[s:s + batch_size] for s in range(0, stop, batch_size)])
 
 
 #: The DataLoader options of the readers behind :meth:`CLDataset.get_batch` for data that is not in memory.
@@ -510,16 +510,17 @@ def _check_loader_options(options: Mapping[str, Any]) -> None:
 
 
 class _Batches:
-    """A batch sampler whose list of minibatches (index lists) is replaced before each pass."""
+    """A batch sampler whose minibatches (index lists, possibly an endless iterator) are replaced before each
+    pass; the DataLoader draws them as it prefetches."""
 
     def __init__(self) -> None:
-        self.batches: list[list[int]] = []
+        self.batches: Iterable[list[int]] = ()
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches)
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.batches)  # type: ignore[arg-type]
 
 
 class MinibatchLoader:
@@ -556,11 +557,18 @@ class MinibatchLoader:
         """One pass: the minibatches ``(x, y, t)`` of ``batches`` (each a 1-D index tensor or list of positions),
         in order. Starting a pass ends the previous one.
 
+        ``batches`` may be a lazy, even endless, iterator: the workers then read ahead (``prefetch_factor``
+        minibatches each) as it yields. That is how a sampler that draws its next indices ahead (a replay
+        buffer's) gets its minibatches read while the model trains, as a plain loop's second DataLoader does.
+
         :raises RuntimeError: after :meth:`close`.
         """
         if self._loader is None:
             raise RuntimeError("this MinibatchLoader is closed")
-        self._batches.batches = [b.tolist() if isinstance(b, torch.Tensor) else list(b) for b in batches]
+        if isinstance(batches, (list, tuple)):
+            self._batches.batches = [b.tolist() if isinstance(b, torch.Tensor) else list(b) for b in batches]
+        else:
+            self._batches.batches = (b.tolist() if isinstance(b, torch.Tensor) else list(b) for b in batches)
         return iter(self._loader)
 
     def read(self, idx: torch.Tensor | Sequence[int]) -> tuple[Any, torch.Tensor, torch.Tensor]:
