@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import clkernel
-from clkernel import CLDataset, TrainState
+from clkernel import CLDataset, TrainState, distributed
 from clkernel.validate import positive_int, positive_number
 from clkernel_replay import StoragePolicy, make_policy
 
@@ -54,6 +54,20 @@ def virtual_parameters(model: torch.nn.Module, loss: torch.Tensor, lr: float | M
 def _call(model: torch.nn.Module, params: Mapping[str, torch.Tensor] | None, x: Any, t: torch.Tensor) -> Any:
     args = (x, t) if getattr(model, "takes_task_labels", False) else (x,)
     return model(*args) if params is None else functional_call(model, dict(params), args)
+
+
+@torch.no_grad()
+def _mean_over_ranks(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each tensor averaged over the ranks (one all-reduce). For the virtual parameters ``theta - lr * g_r``,
+    identical ``theta`` on every rank, that is ``theta - lr * mean_r g_r``: the step of the global minibatch."""
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors.values()) else torch.float32
+    flat = torch.cat([t.reshape(-1).to(dtype) for t in tensors.values()])
+    distributed.all_reduce_sum(flat).div_(distributed.world_size())
+    out, start = {}, 0
+    for name, t in tensors.items():
+        out[name] = flat[start:start + t.numel()].view(t.shape).to(t.dtype)
+        start += t.numel()
+    return out
 
 
 @torch.no_grad()
@@ -88,6 +102,11 @@ class MIR:
 
     The buffer is updated with each experience after it is trained. :attr:`last_retrieved` gives the buffer
     positions retrieved at the last iteration.
+
+    On several processes (``torchrun``) the virtual parameters are averaged over the ranks (one all-reduce per
+    iteration), which makes ``g`` the gradient of the global minibatch; every rank then draws, scores and replays
+    the same ``batch_size_mem`` candidates, and DDP's average of the gradients is one process's update on the
+    global minibatch plus those candidates.
 
     :param mem_size: buffer size in samples.
     :param subsample: candidates drawn from the buffer per iteration (the paper's 50); all of the buffer when it
@@ -191,6 +210,8 @@ class MIR:
                    t.to(device, non_blocking=True))
         incoming = state.criterion(state.mb_output, state.mb_y)
         virtual = virtual_parameters(model, incoming, self._step_sizes(state))
+        if distributed.is_distributed():  # the global minibatch's step: every rank scores and replays the same candidates
+            virtual = _mean_over_ranks(virtual)
         scores = interference_scores(model, virtual, x, y, t)
         k = min(self.batch_size_mem or state.train_mb_size, len(candidates))
         top = torch.topk(scores, k).indices
