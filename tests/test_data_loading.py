@@ -164,3 +164,28 @@ def test_on_cuda_minibatches_and_buffers_equal_the_cpu_ones():
         idx = torch.tensor([1, 1, 0])
         for a, b in zip(data.get_batch(idx), cuda.get_batch(idx.cuda())):
             assert b.is_cuda and torch.equal(b.cpu(), a)
+
+
+def test_replay_over_files_reads_its_buffer_through_the_reader_workers(files, reader_options):
+    from clkernel import Experience, Naive, hookimpl
+    from clkernel_replay import Replay
+
+    seen: list[tuple[int, torch.Tensor]] = []
+
+    class Record:
+        @hookimpl
+        def before_forward(self, state):
+            seen.append((state.experience.index, state.mb[0].clone()))
+
+    set_batch_reader_options({"num_workers": 1})
+    model = torch.nn.Linear(2, 3)
+    strategy = Naive(model, torch.optim.SGD(model.parameters(), lr=0.0), device="cpu", train_mb_size=2,
+                     eval_every=-1, plugins=[Replay(mem_size=4, batch_size_mem=2, seed=0), Record()])
+    with strategy:
+        strategy.train([Experience(0, files.class_subset([0, 1])), Experience(1, files.class_subset([2]))])
+    second = [x for index, x in seen if index == 1]
+    assert len(second) == 2 and all(len(x) == 4 for x in second)  # 2 current samples, then 2 from the buffer
+    current, replayed = torch.cat([x[:2] for x in second]), torch.cat([x[2:] for x in second])
+    assert set(current[:, 0].long().tolist()) == {2, 5, 8, 11} and set(current[:, 1].tolist()) == {os.getpid()}
+    assert all(int(i) % 3 in (0, 1) for i in replayed[:, 0])  # buffer samples come from the first experience
+    assert os.getpid() not in set(replayed[:, 1].tolist())  # read by the reader's worker

@@ -16,8 +16,8 @@ import lazy_loader
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "classic": ["core50", "permuted_mnist", "rotated_mnist", "split_cifar10", "split_cifar100", "split_digits",
-                "split_fmnist", "split_mnist", "split_tinyimagenet"],
+    "classic": ["core50", "image_folder", "permuted_mnist", "rotated_mnist", "split_cifar10", "split_cifar100",
+                "split_digits", "split_fmnist", "split_mnist", "split_tinyimagenet"],
     "datasets": ["DatasetNotFoundError", "default_data_root"],
     "generators": ["benchmark_with_validation_stream", "dataset_benchmark", "nc_benchmark", "ni_benchmark",
                    "online_benchmark", "permuted_benchmark", "rotated_benchmark", "split_online_stream",

@@ -7,14 +7,18 @@ Common options: ``dataset_root`` (default ``$CLKERNEL_DATA``, else a per-user ca
 and may not (``download=False``) or could not be downloaded.
 
 In-memory benchmarks (MNIST family, CIFAR, digits) hold the whole dataset as one uint8 tensor; conversion to
-float and normalisation happen per minibatch in one batched call. A ``train_transform`` / ``eval_transform`` you
-give runs after that conversion, on the normalised float minibatch ``(B, C, H, W)``, and replaces the default
-augmentation (random crop and flip for CIFAR; none for the others). File-backed benchmarks (Tiny ImageNet,
-CORe50) read one image at a time; there your transforms run on each normalised image ``(C, H, W)``.
+float and normalisation happen per minibatch in one batched call. Their ``device`` option (``clkernel run``
+fills it with the run's device) moves that tensor there once: minibatches are then gathered, converted and
+augmented on the device, and replay buffers drawn from them stay there too. A ``train_transform`` /
+``eval_transform`` you give runs after that conversion, on the normalised float minibatch ``(B, C, H, W)``, and
+replaces the default augmentation (random crop and flip for CIFAR; none for the others). File-backed benchmarks
+(Tiny ImageNet, CORe50, ``image-folder``) read one image at a time; there your transforms run on each
+normalised image ``(C, H, W)``, in the training loop's DataLoader workers when it has some.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -26,8 +30,8 @@ from clkernel_benchmarks.generators import nc_benchmark, ni_benchmark, permuted_
 from clkernel_benchmarks.scenario import ScenarioBenchmark
 from clkernel_benchmarks.transforms import Normalize, RandomCropFlip, chain
 
-__all__ = ["core50", "permuted_mnist", "rotated_mnist", "split_cifar10", "split_cifar100", "split_digits",
-           "split_fmnist", "split_mnist", "split_tinyimagenet"]
+__all__ = ["core50", "image_folder", "permuted_mnist", "rotated_mnist", "split_cifar10", "split_cifar100",
+           "split_digits", "split_fmnist", "split_mnist", "split_tinyimagenet"]
 
 Transform = Callable[[Any], Any]
 Stats = tuple[Sequence[float], Sequence[float]]
@@ -44,9 +48,12 @@ DIGITS_STATS: Stats = ((0.3051,), (0.3762,))
 
 def _tensor_datasets(data: Sequence[torch.Tensor], stats: Stats, train_transform: Transform | None,
                      eval_transform: Transform | None, augment: Transform | None = None, scale: float = 255.0,
-                     ) -> tuple[CLDataset, CLDataset]:
-    """In-memory train and test datasets whose batched transforms convert, normalise and augment."""
+                     device: str | torch.device | None = None) -> tuple[CLDataset, CLDataset]:
+    """In-memory train and test datasets whose batched transforms convert, normalise and augment; their pixels
+    moved to ``device`` once (before any split, so every view shares that copy)."""
     x_train, y_train, x_test, y_test = data
+    if device is not None:
+        x_train, x_test = x_train.to(device), x_test.to(device)
     norm = Normalize(*stats, scale=scale)
     train_tf = chain(norm, train_transform) if train_transform is not None else chain(augment, norm)
     eval_tf = chain(norm, eval_transform)
@@ -86,6 +93,7 @@ def split_mnist(
     class_ids_from_zero_in_each_exp: bool = False,
     train_transform: Transform | None = None,
     eval_transform: Transform | None = None,
+    device: str | None = None,
 ) -> ScenarioBenchmark:
     """MNIST digits split by class: 5 experiences of 2 classes (60,000 train / 10,000 test, 1x28x28).
 
@@ -95,7 +103,7 @@ def split_mnist(
     """
     root = resolve_root(dataset_root)
     data = load_mnist_family("MNIST", root, download, "split-mnist")
-    train, test = _tensor_datasets(data, MNIST_STATS, train_transform, eval_transform)
+    train, test = _tensor_datasets(data, MNIST_STATS, train_transform, eval_transform, device=device)
     return _split("split-mnist", train, test, n_experiences, seed, fixed_class_order, return_task_id,
                   class_ids_from_zero_in_each_exp, dataset="MNIST", dataset_root=str(root))
 
@@ -111,6 +119,7 @@ def split_fmnist(
     class_ids_from_zero_in_each_exp: bool = False,
     train_transform: Transform | None = None,
     eval_transform: Transform | None = None,
+    device: str | None = None,
 ) -> ScenarioBenchmark:
     """Fashion-MNIST split by class: 5 experiences of 2 classes (60,000 train / 10,000 test, 1x28x28).
 
@@ -118,7 +127,7 @@ def split_fmnist(
     """
     root = resolve_root(dataset_root)
     data = load_mnist_family("FashionMNIST", root, download, "split-fmnist")
-    train, test = _tensor_datasets(data, FMNIST_STATS, train_transform, eval_transform)
+    train, test = _tensor_datasets(data, FMNIST_STATS, train_transform, eval_transform, device=device)
     return _split("split-fmnist", train, test, n_experiences, seed, fixed_class_order, return_task_id,
                   class_ids_from_zero_in_each_exp, dataset="FashionMNIST", dataset_root=str(root))
 
@@ -132,6 +141,7 @@ def permuted_mnist(
     return_task_id: bool = False,
     train_transform: Transform | None = None,
     eval_transform: Transform | None = None,
+    device: str | None = None,
 ) -> ScenarioBenchmark:
     """MNIST under a fixed random pixel permutation per experience: 10 experiences of all 10 classes.
 
@@ -140,7 +150,7 @@ def permuted_mnist(
     """
     root = resolve_root(dataset_root)
     data = load_mnist_family("MNIST", root, download, "permuted-mnist")
-    train, test = _tensor_datasets(data, MNIST_STATS, train_transform, eval_transform)
+    train, test = _tensor_datasets(data, MNIST_STATS, train_transform, eval_transform, device=device)
     bm = permuted_benchmark(train, test, n_experiences, seed=seed, return_task_id=return_task_id,
                             name="permuted-mnist")
     bm.info.update(dataset="MNIST", dataset_root=str(root))
@@ -157,6 +167,7 @@ def rotated_mnist(
     return_task_id: bool = False,
     train_transform: Transform | None = None,
     eval_transform: Transform | None = None,
+    device: str | None = None,
 ) -> ScenarioBenchmark:
     """MNIST rotated by one angle per experience: 10 experiences of all 10 classes.
 
@@ -165,7 +176,7 @@ def rotated_mnist(
     """
     root = resolve_root(dataset_root)
     data = load_mnist_family("MNIST", root, download, "rotated-mnist")
-    train, test = _tensor_datasets(data, MNIST_STATS, train_transform, eval_transform)
+    train, test = _tensor_datasets(data, MNIST_STATS, train_transform, eval_transform, device=device)
     if rotations is not None and n_experiences not in (10, len(rotations)):
         raise ValueError(f"rotated-mnist: rotations lists {len(rotations)} angles but n_experiences={n_experiences}")
     bm = rotated_benchmark(train, test, None if rotations is not None else n_experiences, rotations=rotations,
@@ -185,6 +196,7 @@ def split_cifar10(
     class_ids_from_zero_in_each_exp: bool = False,
     train_transform: Transform | None = None,
     eval_transform: Transform | None = None,
+    device: str | None = None,
 ) -> ScenarioBenchmark:
     """CIFAR-10 split by class: 5 experiences of 2 classes (50,000 train / 10,000 test, 3x32x32).
 
@@ -193,7 +205,8 @@ def split_cifar10(
     """
     root = resolve_root(dataset_root)
     data = load_cifar("CIFAR10", root, download, "split-cifar10")
-    train, test = _tensor_datasets(data, CIFAR10_STATS, train_transform, eval_transform, augment=RandomCropFlip(4))
+    train, test = _tensor_datasets(data, CIFAR10_STATS, train_transform, eval_transform, augment=RandomCropFlip(4),
+                                   device=device)
     return _split("split-cifar10", train, test, n_experiences, seed, fixed_class_order, return_task_id,
                   class_ids_from_zero_in_each_exp, dataset="CIFAR10", dataset_root=str(root))
 
@@ -209,6 +222,7 @@ def split_cifar100(
     class_ids_from_zero_in_each_exp: bool = False,
     train_transform: Transform | None = None,
     eval_transform: Transform | None = None,
+    device: str | None = None,
 ) -> ScenarioBenchmark:
     """CIFAR-100 split by class: 10 experiences of 10 classes (50,000 train / 10,000 test, 3x32x32).
 
@@ -217,7 +231,7 @@ def split_cifar100(
     root = resolve_root(dataset_root)
     data = load_cifar("CIFAR100", root, download, "split-cifar100")
     train, test = _tensor_datasets(data, CIFAR100_STATS, train_transform, eval_transform,
-                                   augment=RandomCropFlip(4))
+                                   augment=RandomCropFlip(4), device=device)
     return _split("split-cifar100", train, test, n_experiences, seed, fixed_class_order, return_task_id,
                   class_ids_from_zero_in_each_exp, dataset="CIFAR100", dataset_root=str(root))
 
@@ -323,12 +337,107 @@ def split_digits(
     class_ids_from_zero_in_each_exp: bool = False,
     train_transform: Transform | None = None,
     eval_transform: Transform | None = None,
+    device: str | None = None,
 ) -> ScenarioBenchmark:
     """UCI 8x8 handwritten digits, shipped with the package: 5 experiences of 2 classes, no download.
 
     1,797 images (CC BY 4.0, Alpaydin & Kaynak 1998) in a fixed stratified split: 1,442 train, 355 test,
     shape 1x8x8. Small enough to train in seconds on a CPU: the default benchmark of ``clkernel run``.
     """
-    train, test = _tensor_datasets(load_digits(), DIGITS_STATS, train_transform, eval_transform, scale=16.0)
+    train, test = _tensor_datasets(load_digits(), DIGITS_STATS, train_transform, eval_transform, scale=16.0,
+                                   device=device)
     return _split("split-digits", train, test, n_experiences, seed, fixed_class_order, return_task_id,
                   class_ids_from_zero_in_each_exp, dataset="UCI digits (embedded)")
+
+
+def image_folder(
+    *,
+    root: str | None = None,
+    n_experiences: int = 5,
+    test_size: float | None = None,
+    seed: int | None = 0,
+    fixed_class_order: list[int] | None = None,
+    return_task_id: bool = False,
+    class_ids_from_zero_in_each_exp: bool = False,
+    image_size: int | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    train_transform: Transform | None = None,
+    eval_transform: Transform | None = None,
+) -> ScenarioBenchmark:
+    """Any folder of images, one sub-folder per class, split by class into ``n_experiences`` experiences.
+
+    Layout: ``root/train/<class>/*`` and ``root/test/<class>/*`` (the same class folders in both), or
+    ``root/<class>/*``, of which a ``test_size`` fraction of each class (default 0.2, drawn with ``seed``) is the
+    test set. Images are read by ``torchvision.datasets.ImageFolder`` (any format PIL reads, as RGB) one at a
+    time; class ids follow the sorted folder names, which ``bm.info["class_names"]`` lists. Each image becomes a
+    float32 tensor ``(3, H, W)`` in ``[0, 1]``, resized to ``image_size x image_size`` when given (images of
+    different sizes need it), normalised with ``mean`` / ``std`` (per channel) when given; then your
+    ``train_transform`` / ``eval_transform``. Read in the training loop's DataLoader workers when it has some
+    (``Strategy(loader_options=...)``, ``clkernel run --num-workers``).
+
+    :raises FileNotFoundError: when ``root`` is not a folder, or holds no class folder with images.
+    :raises ValueError: without ``root``; when ``train/`` and ``test/`` hold different classes; for a
+        ``test_size`` given with ``train/`` / ``test/`` folders, or outside ``(0, 1)``; for ``mean`` and ``std``
+        of different lengths.
+    """
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
+
+    if root is None:
+        raise ValueError("image-folder: root is required: the folder holding one folder of images per class (or "
+                         "train/ and test/ folders of those)")
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image-folder: root {str(root)!r} is not a folder")
+    if (mean is None) != (std is None) or (mean is not None and len(mean) != len(std)):  # type: ignore[arg-type]
+        raise ValueError(f"image-folder: mean and std must be given together, one value per channel each; got "
+                         f"mean={mean!r}, std={std!r}")
+    base: list[Any] = [v2.ToImage()]
+    if image_size is not None:
+        base.append(v2.Resize((image_size, image_size), antialias=True))
+    base.append(v2.ToDtype(torch.float32, scale=True))
+    if mean is not None:
+        base.append(v2.Normalize(list(mean), list(std)))  # type: ignore[arg-type]
+    train_tf = v2.Compose(base + ([train_transform] if train_transform is not None else []))
+    eval_tf = v2.Compose(base + ([eval_transform] if eval_transform is not None else []))
+
+    def read(path: Path) -> Any:
+        try:
+            return ImageFolder(str(path))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"image-folder: {e}") from None
+
+    split = (folder / "train").is_dir() and (folder / "test").is_dir()
+    if split:
+        if test_size is not None:
+            raise ValueError(f"image-folder: test_size={test_size!r} but {str(folder)!r} has train/ and test/ "
+                             f"folders, which already split the data; leave test_size out")
+        train_files, test_files = read(folder / "train"), read(folder / "test")
+        if train_files.classes != test_files.classes:
+            differ = sorted(set(train_files.classes) ^ set(test_files.classes))
+            raise ValueError(f"image-folder: train/ and test/ must hold the same class folders; these are in one "
+                             f"only: {', '.join(differ)}")
+        classes = train_files.classes
+        train = CLDataset.from_dataset(train_files, targets=train_files.targets, transform=train_tf,
+                                       eval_transform=eval_tf)
+        test = CLDataset.from_dataset(test_files, targets=test_files.targets, transform=train_tf,
+                                      eval_transform=eval_tf)
+    else:
+        test_size = 0.2 if test_size is None else test_size
+        if not 0 < test_size < 1:
+            raise ValueError(f"image-folder: test_size must be a fraction in (0, 1), got {test_size!r}")
+        files = read(folder)
+        classes = files.classes
+        everything = CLDataset.from_dataset(files, targets=files.targets, transform=train_tf, eval_transform=eval_tf)
+        g = torch.Generator().manual_seed(seed if seed is not None else 0)
+        test_idx = []
+        for c in range(len(classes)):
+            members = (everything.targets == c).nonzero().flatten()
+            test_idx.append(members[torch.randperm(len(members), generator=g)[:int(len(members) * test_size)]])
+        is_test = torch.zeros(len(everything), dtype=torch.bool)
+        is_test[torch.cat(test_idx)] = True
+        train, test = everything.subset((~is_test).nonzero().flatten()), everything.subset(is_test.nonzero().flatten())
+    return _split("image-folder", train, test, n_experiences, seed, fixed_class_order, return_task_id,
+                  class_ids_from_zero_in_each_exp, dataset="image folder", dataset_root=str(folder),
+                  class_names=list(classes))

@@ -20,8 +20,9 @@ from typing import Any, Callable
 
 import clkernel
 
-__all__ = ["BENCHMARKS", "VALIDATION_OPTIONS", "check_options", "core50", "permuted_mnist", "register_benchmarks", "rotated_mnist",
-           "split_cifar10", "split_cifar100", "split_digits", "split_fmnist", "split_mnist", "split_tinyimagenet"]
+__all__ = ["BENCHMARKS", "VALIDATION_OPTIONS", "check_options", "core50", "image_folder", "permuted_mnist",
+           "register_benchmarks", "rotated_mnist", "split_cifar10", "split_cifar100", "split_digits", "split_fmnist",
+           "split_mnist", "split_tinyimagenet"]
 
 #: A transform option: called on a normalised float batch ``(B, C, H, W)`` (in-memory benchmarks) or on one
 #: image ``(C, H, W)`` (file-backed ones).
@@ -40,7 +41,8 @@ def _is_int(value: Any) -> bool:
 
 def check_options(name: str, options: dict[str, Any]) -> None:
     """Refuse the options of benchmark ``name`` that are wrong whatever the data, before any data is loaded or
-    downloaded: counts, seed, class order, rotations, transforms, the dataset root and the CORe50 scenario.
+    downloaded: counts, seed, class order, rotations, transforms, the dataset root, the CORe50 scenario, the
+    device, and image-folder's root, test_size, image_size, mean and std.
 
     :raises ValueError: (``TypeError`` for a transform that is not callable) naming the benchmark, the option
         and the value.
@@ -77,6 +79,32 @@ def check_options(name: str, options: dict[str, Any]) -> None:
                             f"no names on the command line), got {value!r}")
     if "scenario" in options and options["scenario"] not in ("ni", "nc"):
         raise fail("scenario", "'ni' or 'nc'")
+    device = options.get("device")
+    if device is not None:
+        import torch
+
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise fail("device", "a torch device such as 'cpu', 'cuda' or 'cuda:1'") from None
+    if options.get("test_size") is not None and (isinstance(options["test_size"], bool) or not isinstance(
+            options["test_size"], (int, float)) or not 0 < options["test_size"] < 1):
+        raise fail("test_size", "a fraction in (0, 1)")
+    if options.get("image_size") is not None:
+        positive_int(options["image_size"], "image_size", name)
+    for option in ("mean", "std"):
+        value = options.get(option)
+        if value is not None and (not isinstance(value, (list, tuple)) or not value or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise fail(option, "a list of numbers, one per channel")
+    if options.get("std") is not None and not all(v > 0 for v in options["std"]):
+        raise fail("std", "positive numbers")
+    folder_root = options.get("root")
+    if folder_root is not None:
+        if not isinstance(folder_root, (str, os.PathLike)):
+            raise fail("root", "a folder")
+        if not Path(folder_root).expanduser().is_dir():
+            raise FileNotFoundError(f"{name}: root {str(folder_root)!r} is not a folder")
     root = options.get("dataset_root")
     if root is not None and root != "":
         if not isinstance(root, (str, os.PathLike)):
@@ -126,7 +154,8 @@ def _deferred(stub: Callable[..., Any]) -> Callable[..., Any]:
 def split_mnist(*, n_experiences: int = 5, dataset_root: str | None = None, download: bool = True,
                 seed: int | None = 0, fixed_class_order: list[int] | None = None, return_task_id: bool = False,
                 class_ids_from_zero_in_each_exp: bool = False, train_transform: Transform | None = None,
-                eval_transform: Transform | None = None) -> Any:
+                eval_transform: Transform | None = None,
+                device: str | None = None) -> Any:
     """MNIST digits split by class: 5 experiences of 2 classes (60,000 train / 10,000 test, 1x28x28).
 
     See :func:`clkernel_benchmarks.classic.split_mnist`.
@@ -137,7 +166,8 @@ def split_mnist(*, n_experiences: int = 5, dataset_root: str | None = None, down
 def split_fmnist(*, n_experiences: int = 5, dataset_root: str | None = None, download: bool = True,
                  seed: int | None = 0, fixed_class_order: list[int] | None = None, return_task_id: bool = False,
                  class_ids_from_zero_in_each_exp: bool = False, train_transform: Transform | None = None,
-                 eval_transform: Transform | None = None) -> Any:
+                 eval_transform: Transform | None = None,
+                 device: str | None = None) -> Any:
     """Fashion-MNIST split by class: 5 experiences of 2 classes (60,000 train / 10,000 test, 1x28x28).
 
     See :func:`clkernel_benchmarks.classic.split_fmnist`.
@@ -147,7 +177,8 @@ def split_fmnist(*, n_experiences: int = 5, dataset_root: str | None = None, dow
 @_deferred
 def permuted_mnist(*, n_experiences: int = 10, dataset_root: str | None = None, download: bool = True,
                    seed: int | None = 0, return_task_id: bool = False, train_transform: Transform | None = None,
-                   eval_transform: Transform | None = None) -> Any:
+                   eval_transform: Transform | None = None,
+                   device: str | None = None) -> Any:
     """MNIST under a fixed random pixel permutation per experience: 10 experiences of all 10 classes.
 
     See :func:`clkernel_benchmarks.classic.permuted_mnist`.
@@ -157,7 +188,8 @@ def permuted_mnist(*, n_experiences: int = 10, dataset_root: str | None = None, 
 @_deferred
 def rotated_mnist(*, n_experiences: int = 10, rotations: list[float] | None = None, dataset_root: str | None = None,
                   download: bool = True, seed: int | None = 0, return_task_id: bool = False,
-                  train_transform: Transform | None = None, eval_transform: Transform | None = None) -> Any:
+                  train_transform: Transform | None = None, eval_transform: Transform | None = None,
+                  device: str | None = None) -> Any:
     """MNIST rotated by one angle per experience: 10 experiences of all 10 classes.
 
     ``rotations`` gives the angles in degrees. See :func:`clkernel_benchmarks.classic.rotated_mnist`.
@@ -168,7 +200,8 @@ def rotated_mnist(*, n_experiences: int = 10, rotations: list[float] | None = No
 def split_cifar10(*, n_experiences: int = 5, dataset_root: str | None = None, download: bool = True,
                   seed: int | None = 0, fixed_class_order: list[int] | None = None, return_task_id: bool = False,
                   class_ids_from_zero_in_each_exp: bool = False, train_transform: Transform | None = None,
-                  eval_transform: Transform | None = None) -> Any:
+                  eval_transform: Transform | None = None,
+                  device: str | None = None) -> Any:
     """CIFAR-10 split by class: 5 experiences of 2 classes (50,000 train / 10,000 test, 3x32x32).
 
     See :func:`clkernel_benchmarks.classic.split_cifar10`.
@@ -179,7 +212,8 @@ def split_cifar10(*, n_experiences: int = 5, dataset_root: str | None = None, do
 def split_cifar100(*, n_experiences: int = 10, dataset_root: str | None = None, download: bool = True,
                    seed: int | None = 0, fixed_class_order: list[int] | None = None, return_task_id: bool = False,
                    class_ids_from_zero_in_each_exp: bool = False, train_transform: Transform | None = None,
-                   eval_transform: Transform | None = None) -> Any:
+                   eval_transform: Transform | None = None,
+                   device: str | None = None) -> Any:
     """CIFAR-100 split by class: 10 experiences of 10 classes (50,000 train / 10,000 test, 3x32x32).
 
     See :func:`clkernel_benchmarks.classic.split_cifar100`.
@@ -211,10 +245,24 @@ def core50(*, scenario: str = "ni", object_level: bool = True, mini: bool = Fals
 @_deferred
 def split_digits(*, n_experiences: int = 5, seed: int | None = 0, fixed_class_order: list[int] | None = None,
                  return_task_id: bool = False, class_ids_from_zero_in_each_exp: bool = False,
-                 train_transform: Transform | None = None, eval_transform: Transform | None = None) -> Any:
+                 train_transform: Transform | None = None, eval_transform: Transform | None = None,
+                 device: str | None = None) -> Any:
     """UCI 8x8 handwritten digits, shipped with the package: 5 experiences of 2 classes, no download.
 
     See :func:`clkernel_benchmarks.classic.split_digits`.
+    """
+
+
+@_deferred
+def image_folder(*, root: str | None = None, n_experiences: int = 5, test_size: float | None = None,
+                 seed: int | None = 0, fixed_class_order: list[int] | None = None, return_task_id: bool = False,
+                 class_ids_from_zero_in_each_exp: bool = False, image_size: int | None = None,
+                 mean: list[float] | None = None, std: list[float] | None = None,
+                 train_transform: Transform | None = None, eval_transform: Transform | None = None) -> Any:
+    """Any folder of images, one sub-folder per class, split by class into ``n_experiences`` experiences.
+
+    ``root`` holds ``train/`` and ``test/`` folders of class folders, or class folders (``test_size`` of each
+    class, default 0.2, is then the test set). See :func:`clkernel_benchmarks.classic.image_folder`.
     """
 
 
@@ -223,6 +271,7 @@ BENCHMARKS: dict[str, Callable[..., Any]] = {
     "split-digits": split_digits, "split-mnist": split_mnist, "permuted-mnist": permuted_mnist,
     "rotated-mnist": rotated_mnist, "split-fmnist": split_fmnist, "split-cifar10": split_cifar10,
     "split-cifar100": split_cifar100, "split-tinyimagenet": split_tinyimagenet, "core50": core50,
+    "image-folder": image_folder,
 }
 
 

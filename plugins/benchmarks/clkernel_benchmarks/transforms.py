@@ -2,6 +2,8 @@
 
 Every transform here takes a batch ``x`` of shape ``(B, *sample_shape)`` and returns a batch, so a CLDataset
 tensor source calls it once per minibatch (and on ``x[None]`` for a single item). None loops over samples.
+They run on the batch's device (data moved with ``CLDataset.to`` or a benchmark's ``device`` option): their
+constants are copied to a device once and kept there, so a minibatch costs no host-device copy.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Normalize:
         self.mean, self.std, self.scale = tuple(mean), tuple(std), scale
         mul = torch.tensor([1.0 / (s * scale) for s in std], dtype=torch.float32)
         add = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32)
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # the constants on other devices
         if len(mean) == 1:
             self._mul: float | torch.Tensor = float(mul[0])
             self._add: float | torch.Tensor = float(add[0])
@@ -67,7 +70,8 @@ class Normalize:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         mul, add = self._mul, self._add
         if isinstance(mul, torch.Tensor) and mul.device != x.device:
-            mul, add = mul.to(x.device), add.to(x.device)  # type: ignore[union-attr]
+            mul, add = self._on.get(x.device) or self._on.setdefault(
+                x.device, (mul.to(x.device), add.to(x.device)))  # type: ignore[union-attr]
         # never in place on x itself: for one item it is a view of the stored data
         out = torch.mul(x, mul) if x.is_floating_point() else x.to(torch.float32).mul_(mul)
         return out.add_(add)
@@ -90,6 +94,7 @@ class PixelGather:
         self.index = index.to(torch.long)
         self.valid = None if valid is None or bool(valid.all()) else valid.to(torch.bool)
         self.name = name
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}  # index map, mask per device
         if len(self.index) != _positions(self.sample_shape):
             raise ValueError(f"{name}: index map has {len(self.index)} entries, samples of shape "
                              f"{self.sample_shape} have {_positions(self.sample_shape)} positions")
@@ -99,10 +104,11 @@ class PixelGather:
             raise ValueError(f"{self.name}: expected a batch of samples of shape {self.sample_shape}, got a batch "
                              f"of shape {tuple(x.shape)}")
         flat = x.flatten(-2) if len(self.sample_shape) >= 2 else x
-        index = self.index if self.index.device == x.device else self.index.to(x.device)
+        index, invalid = self._on.get(x.device) or self._on.setdefault(x.device, (
+            self.index.to(x.device), None if self.valid is None else ~self.valid.to(x.device)))
         out = torch.gather(flat, -1, index.expand(flat.shape))  # faster than flat[..., index] for uint8
-        if self.valid is not None:
-            out.masked_fill_(~self.valid.to(x.device), 0)
+        if invalid is not None:
+            out.masked_fill_(invalid, 0)
         return out.view(x.shape)
 
     def __repr__(self) -> str:
@@ -172,26 +178,37 @@ class RandomCropFlip:
     """Random crop after zero padding and random horizontal flip, with its own parameters for every sample.
 
     The batched form of ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip()``: one pad and one gather per
-    minibatch. Apply it to the integer pixels (before :class:`Normalize`) so that padding is black. Uses torch's
-    global random generator (seeded by the run).
+    minibatch, on the batch's device. Apply it to the integer pixels (before :class:`Normalize`) so that padding
+    is black. Per sample it draws, in this order: the vertical offset, the horizontal offset (each uniform in
+    ``0..2 * padding``, into the padded image) and, with ``flip``, a flip with probability 1/2.
+
+    :param padding: zero pixels added on each side before cropping back to the input size.
+    :param flip: also flip each sample horizontally with probability 1/2.
+    :param generator: draws the offsets and flips; it must be on the batch's device (``torch.Generator(device)``).
+        Default: torch's global generator of that device (seeded by the run).
+    :raises ValueError: for a negative ``padding``, a batch that is not ``(B, C, H, W)``, or a generator on
+        another device than the batch.
     """
 
-    def __init__(self, padding: int = 4, flip: bool = True) -> None:
+    def __init__(self, padding: int = 4, flip: bool = True, *, generator: torch.Generator | None = None) -> None:
         non_negative_int(padding, "padding", "RandomCropFlip")
-        self.padding, self.flip = padding, flip
+        self.padding, self.flip, self.generator = padding, flip, generator
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"RandomCropFlip expects a batch shaped (B, C, H, W), got {tuple(x.shape)}")
         b, c, h, w = x.shape
-        p, dev = self.padding, x.device
+        p, dev, g = self.padding, x.device, self.generator
+        if g is not None and g.device.type != dev.type:
+            raise ValueError(f"RandomCropFlip: the generator is on {g.device} but the batch on {dev}; give a "
+                             f"torch.Generator({str(dev)!r})")
         padded = torch.nn.functional.pad(x, (p, p, p, p)) if p else x
-        oy = torch.randint(0, 2 * p + 1, (b, 1), device=dev)
-        ox = torch.randint(0, 2 * p + 1, (b, 1), device=dev)
+        oy = torch.randint(0, 2 * p + 1, (b, 1), device=dev, generator=g)
+        ox = torch.randint(0, 2 * p + 1, (b, 1), device=dev, generator=g)
         rows = oy + torch.arange(h, device=dev)
         cols = ox + torch.arange(w, device=dev)
         if self.flip:
-            flipped = torch.rand(b, 1, device=dev) < 0.5
+            flipped = torch.rand(b, 1, device=dev, generator=g) < 0.5
             cols = torch.where(flipped, cols.flip(1), cols)
         batch = torch.arange(b, device=dev)[:, None, None, None]
         channel = torch.arange(c, device=dev)[None, :, None, None]

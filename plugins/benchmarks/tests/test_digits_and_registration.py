@@ -17,7 +17,7 @@ from clkernel.discovery import Registry, parse_options, reset_registry
 from clkernel_benchmarks import registration, split_digits
 
 DIGITS_COUNTS = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
-NAMES = ["core50", "permuted-mnist", "rotated-mnist", "split-cifar10", "split-cifar100", "split-digits",
+NAMES = ["core50", "image-folder", "permuted-mnist", "rotated-mnist", "split-cifar10", "split-cifar100", "split-digits",
          "split-fmnist", "split-mnist", "split-tinyimagenet"]
 
 
@@ -57,7 +57,7 @@ def test_registration_registers_every_benchmark_with_split_digits_as_default():
         options = comp.options()
         assert "seed" in options and "train_transform" in options
         assert all(p.default is not inspect.Parameter.empty for p in options.values()), name
-        if name != "split-digits":
+        if name not in ("split-digits", "image-folder"):  # image-folder reads the user's own folder (root)
             assert "dataset_root" in options and "download" in options
     bm = reg.load("benchmark", "split-digits", n_experiences=2, seed=3)
     assert len(bm.train_stream) == 2 and bm.n_classes_per_exp == [5, 5]
