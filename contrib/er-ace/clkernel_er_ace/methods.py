@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import clkernel
-from clkernel import CLDataset, TrainState
+from clkernel import CLDataset, TrainState, distributed
 from clkernel.validate import positive_int, positive_number
 from clkernel_replay import StoragePolicy, make_policy
 
@@ -47,6 +47,17 @@ def asymmetric_logits(output: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     present = torch.zeros(output.shape[1], dtype=torch.bool, device=output.device)
     present[targets] = True
     return output.masked_fill(~present, torch.finfo(output.dtype).min)
+
+
+def _global_targets(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``targets``; on several processes, class ids whose set is the classes present in the global minibatch (one
+    all-reduce, no device synchronisation: absent classes are replaced by a present one, ``targets[0]``)."""
+    if not distributed.is_distributed():
+        return targets
+    present = torch.zeros(output.shape[1], device=output.device)
+    present[targets] = 1.0
+    distributed.all_reduce_sum(present)
+    return torch.where(present > 0, torch.arange(output.shape[1], device=output.device), targets[0])
 
 
 def supervised_contrastive_loss(anchors: torch.Tensor, anchor_labels: torch.Tensor, features: torch.Tensor,
@@ -163,6 +174,10 @@ class ERACE(_AsymmetricReplay):
     Mammoth (Avalanche averages them). With the ``replay`` plugin too, its samples are part of the minibatch the
     loop trains on, and count as present.
 
+    On several processes (``torchrun``) the mask keeps the classes present in the global minibatch (one all-reduce
+    per iteration), and every rank replays the same ``batch_size_mem`` buffer samples: DDP's average of the
+    gradients is one process's on the global minibatch plus those samples.
+
     :param mem_size: buffer size in samples.
     :param batch_size_mem: replayed samples per iteration (default: the strategy's ``train_mb_size``).
     :param storage_policy: a name understood by :func:`clkernel_replay.make_policy` (``reservoir``, the paper's,
@@ -181,7 +196,7 @@ class ERACE(_AsymmetricReplay):
     @clkernel.hookimpl
     def after_forward(self, state: TrainState) -> None:
         if self._samples is not None:
-            state.mb_output = asymmetric_logits(state.mb_output, state.mb_y)
+            state.mb_output = asymmetric_logits(state.mb_output, _global_targets(state.mb_output, state.mb_y))
 
     @clkernel.hookimpl
     def loss_terms(self, state: TrainState) -> torch.Tensor | None:
@@ -216,6 +231,9 @@ class ERAML(_AsymmetricReplay):
     """
 
     name = "er-aml"
+    #: Its contrastive loss compares each incoming sample with every positive and negative of the minibatch: on
+    #: several processes each rank would see only its share of them.
+    supports_distributed = False
 
     def __init__(self, mem_size: int = 200, batch_size_mem: int | None = None, temperature: float = 0.1,
                  base_temperature: float = 0.07, same_task_neg: bool = True, feature_layer: str | None = None,

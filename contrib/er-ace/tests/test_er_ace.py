@@ -71,6 +71,29 @@ def test_ace_plugin_on_a_two_sample_buffer_by_hand():
     assert state.mb_output[:, 1].tolist() == [1.0, 3.0]
 
 
+def test_ace_masks_the_classes_absent_from_the_global_minibatch_on_several_processes(monkeypatch):
+    # Two ranks, seen from rank 0: its own minibatch holds class 1, rank 1's holds class 2 (the all-reduce adds
+    # rank 1's presence); class 0 and 3 are in neither, so they alone are masked, as in one process.
+    import clkernel.distributed as dist
+
+    reduced = []
+
+    def all_reduce_sum(t):
+        reduced.append(t.clone())
+        return t.add_(torch.tensor([0.0, 0.0, 1.0, 0.0]))
+
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce_sum", all_reduce_sum)
+    plugin = ERACE(mem_size=2, seed=0)
+    plugin._samples = CLDataset.from_tensors(torch.eye(4), torch.arange(4))  # replay is on
+    state = types.SimpleNamespace(mb_output=torch.arange(8.0).reshape(2, 4), mb_y=torch.tensor([1, 1]))
+    plugin.after_forward(state)
+    assert reduced[0].tolist() == [0.0, 1.0, 0.0, 0.0]  # this rank's presence, before the reduction
+    low = torch.finfo(torch.float32).min
+    assert state.mb_output.tolist() == [[low, 1.0, 2.0, low], [low, 5.0, 6.0, low]]
+    assert ERAML.supports_distributed is False and getattr(ERACE, "supports_distributed", True)
+
+
 def test_nothing_changes_before_one_experience_is_trained():
     exp = Experience(0, CLDataset.from_tensors(torch.eye(2), torch.tensor([0, 1])))
     out = torch.tensor([[4.0, 1.0]])
