@@ -164,6 +164,9 @@ class CoPE(Replay):
     """
 
     name = "cope"
+    #: The prototypes move with each minibatch's embeddings and the PPP loss spans the whole minibatch: on several
+    #: processes each rank would move them with its own share, and they would drift apart.
+    supports_distributed = False
 
     def __init__(self, mem_size: int = 200, alpha: float = 0.99, temperature: float = 0.1,
                  num_classes: int | None = None, batch_size_mem: int | None = None, seed: int | None = None) -> None:

@@ -186,3 +186,10 @@ def test_a_head_in_the_model_is_found_again_after_resuming_inside_an_experience(
 
     results = check_training_plugin(lambda: CoPE(mem_size=50, seed=0), model=model, resume_inside=True)
     assert [r.status for r in results] == ["skipped", "passed", "passed", "passed"]
+
+
+def test_refused_in_a_distributed_run():
+    from clkernel.dispatch import CompositionError, compose
+
+    with pytest.raises(CompositionError, match="plugin 'cope' cannot run on several processes"):
+        compose([CoPE(mem_size=10, num_classes=4, seed=0)], distributed=True)

@@ -91,7 +91,11 @@ def test_ace_masks_the_classes_absent_from_the_global_minibatch_on_several_proce
     assert reduced[0].tolist() == [0.0, 1.0, 0.0, 0.0]  # this rank's presence, before the reduction
     low = torch.finfo(torch.float32).min
     assert state.mb_output.tolist() == [[low, 1.0, 2.0, low], [low, 5.0, 6.0, low]]
-    assert ERAML.supports_distributed is False and getattr(ERACE, "supports_distributed", True)
+    from clkernel.dispatch import CompositionError, compose
+
+    compose([ERACE(mem_size=2, seed=0)], distributed=True)
+    with pytest.raises(CompositionError, match="plugin 'er-aml' cannot run on several processes"):
+        compose([ERAML(mem_size=2, seed=0)], distributed=True)
 
 
 def test_nothing_changes_before_one_experience_is_trained():
