@@ -43,22 +43,29 @@ def shift_images(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, max_shift:
     return padded[batch, channel, rows, cols]
 
 
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator, flip: bool = False) -> torch.Tensor:
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator, flip: bool = False, *,
+                 rank: int = 0, world_size: int = 1) -> torch.Tensor:
     """A random translation of each image by up to ``max_shift`` pixels in each direction (edge-filled), and with
     ``flip`` a horizontal flip with probability 1/2; each image draws its own (from ``generator``, on the CPU).
 
+    On several processes each rank holds every ``world_size``-th image of the global minibatch: the draws are made
+    for all ``world_size x B`` images and image ``i`` of rank ``rank`` takes draw ``i * world_size + rank``, so
+    the ranks' images draw independently, ``generator`` stays in step on every rank, and the global minibatch is
+    augmented as in one process.
+
     :param x: float ``(B, C, H, W)``.
+    :param rank: this process's rank; ``world_size``: the number of processes.
     :raises ValueError: when ``x`` is not a 4-d batch of images.
     """
     if x.dim() != 4:
         raise ValueError(f"random_shift augments images of shape (B, C, H, W), got a minibatch of shape "
                          f"{tuple(x.shape)}; use max_shift=0 (and flip=False) for other inputs")
-    b = x.shape[0]
-    dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
-    dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
+    n, mine = x.shape[0] * world_size, slice(rank, None, world_size)
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)[mine]
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)[mine]
     out = shift_images(x, dy, dx, max_shift)
     if flip:
-        flipped = (torch.rand(b, generator=generator) < 0.5).to(x.device)[:, None, None, None]
+        flipped = (torch.rand(n, generator=generator)[mine] < 0.5).to(x.device)[:, None, None, None]
         out = torch.where(flipped, out.flip(-1), out)
     return out
 
@@ -91,6 +98,10 @@ class RAR(Replay):
     The paper augments with RandAugment (one operation of magnitude 14); this plugin uses random translations (and
     optional horizontal flips), batched on the tensors, which suit digit images. Its reinforcement-learning
     schedule of ``repeats`` and the augmentation strength is not implemented: both are fixed.
+
+    On several processes (``torchrun``) every rank repeats its share of each minibatch ``repeats`` times, replays
+    its share of the global replay minibatch (Replay's), and augments its images with its share of the global
+    minibatch's draws (:func:`random_shift`): the ranks draw independently and the generators stay in step.
 
     :param mem_size: buffer size in samples.
     :param repeats: optimizer steps per incoming minibatch (1: plain ER with augmentation).
@@ -136,7 +147,8 @@ class RAR(Replay):
         if self.max_shift == 0 and not self.flip:
             return
         x, y, t = state.mb  # type: ignore[misc]
-        state.mb = (random_shift(x, self.max_shift, self.augment_generator, self.flip), y, t)
+        state.mb = (random_shift(x, self.max_shift, self.augment_generator, self.flip, rank=state.rank,
+                                 world_size=state.world_size), y, t)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "augment_generator": self.augment_generator.get_state()}

@@ -33,6 +33,19 @@ def test_random_shift_draws_per_image_and_keeps_values():
         random_shift(torch.zeros(4, 8), 1, g)
 
 
+def test_random_shift_on_several_processes_augments_each_rank_with_its_share_of_the_global_draws():
+    # Rank r holds images r, r + 3, r + 6, ... of a global minibatch on 3 ranks: each rank, from the same generator
+    # state, augments them exactly as one process augments the whole global minibatch, and ends in the same state.
+    x = torch.arange(9 * 16.0).reshape(9, 1, 4, 4)
+    whole = random_shift(x, 1, torch.Generator().manual_seed(0), flip=True)
+    ends = set()
+    for rank in range(3):
+        g = torch.Generator().manual_seed(0)
+        assert torch.equal(random_shift(x[rank::3], 1, g, flip=True, rank=rank, world_size=3), whole[rank::3])
+        ends.add(tuple(g.get_state().tolist()))
+    assert len(ends) == 1
+
+
 def test_repeated_loader():
     loader = RepeatedLoader([1, 2], 3)
     assert list(loader) == [1, 1, 1, 2, 2, 2] and len(loader) == 6
