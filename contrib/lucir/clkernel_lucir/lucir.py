@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import clkernel
-from clkernel import TrainState
+from clkernel import TrainState, distributed
 from clkernel.validate import non_negative_number, positive_int
 from clkernel_replay import BufferSampler, StoragePolicy, make_policy
 
@@ -150,7 +150,8 @@ def less_forget_loss(features: torch.Tensor, old_features: torch.Tensor) -> torc
 
 
 def margin_ranking_loss(cosines: torch.Tensor, targets: torch.Tensor, old_classes: torch.Tensor,
-                        new_classes: torch.Tensor, margin: float = 0.5, k: int = 2) -> torch.Tensor | None:
+                        new_classes: torch.Tensor, margin: float = 0.5, k: int = 2, *,
+                        all_ranks: bool = False) -> torch.Tensor | None:
     """LUCIR's inter-class separation term: for every sample whose target is an old class, ``max(0, margin -
     cos_y + cos_j)`` for each of the ``k`` new classes ``j`` with the largest cosines, averaged over those pairs
     (as ``torch.nn.MarginRankingLoss``).
@@ -158,6 +159,10 @@ def margin_ranking_loss(cosines: torch.Tensor, targets: torch.Tensor, old_classe
     :param cosines: float ``(B, C)``, cosines between the samples' features and every class embedding.
     :param targets: int64 ``(B,)``.
     :param old_classes: int64 ``(n,)``; ``new_classes`` int64 ``(m,)`` (``k`` is capped at ``m``).
+    :param all_ranks: in a distributed run (:func:`clkernel.distributed.is_distributed`), average over the pairs of
+        the global minibatch: every rank must call it (one all-reduce of the pair count), and it returns this
+        rank's share times the number of ranks, so that DDP's average of the ranks' gradients is the gradient of
+        the global minibatch's average. Nothing changes in one process.
     :returns: a 0-d tensor (0 when no sample belongs to an old class), or None when there is no old or no new
         class.
     """
@@ -168,7 +173,11 @@ def margin_ranking_loss(cosines: torch.Tensor, targets: torch.Tensor, old_classe
     positive = cosines.gather(1, targets.view(-1, 1))
     negatives = cosines.index_select(1, new_classes).topk(min(k, len(new_classes)), dim=1).values
     hinge = (margin - positive + negatives).clamp(min=0) * is_old.unsqueeze(1)
-    return hinge.sum() / (is_old.sum() * negatives.shape[1]).clamp(min=1)
+    pairs = is_old.sum() * negatives.shape[1]
+    if all_ranks and distributed.is_distributed():
+        total = distributed.all_reduce_sum(pairs.to(hinge.dtype))
+        return hinge.sum() * distributed.world_size() / total.clamp(min=1)
+    return hinge.sum() / pairs.clamp(min=1)
 
 
 class _Capture:
@@ -313,7 +322,7 @@ class LUCIR:
         term = self._lambda * less_forget_loss(features, self._prev_capture.value)  # type: ignore[arg-type]
         if self.lambda_mr > 0:
             ranking = margin_ranking_loss(self._classifier.cosine(features), state.mb_y, self._old,  # type: ignore
-                                          self._new, self.margin, self.k)
+                                          self._new, self.margin, self.k, all_ranks=True)
             if ranking is not None:
                 term = term + self.lambda_mr * ranking
         return term

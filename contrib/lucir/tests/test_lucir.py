@@ -60,6 +60,28 @@ def test_margin_ranking_loss_by_hand():
     assert margin_ranking_loss(cos, torch.tensor([0, 1, 1]), old, torch.zeros(0, dtype=torch.long)) is None
 
 
+def test_margin_ranking_loss_on_two_processes_averages_over_the_global_minibatch(monkeypatch):
+    # The by-hand case over two ranks: rank 0 holds samples 0 and 2 (4 pairs, hinges 0.2 + 0.1 + 0.4 + 0.3),
+    # rank 1 samples 1 and 3, of new classes (no pair). The all-reduce adds the other rank's pair count; each rank
+    # returns 2 * its hinge sum / 4 pairs, and DDP's average of the two is the global mean, 0.25 (averaging the
+    # per-rank means would give (0.25 + 0) / 2).
+    import clkernel.distributed as dist
+
+    cos = torch.tensor([[0.9, 0.1, 0.5, 0.3, 0.6],
+                        [0.0, 0.0, 0.0, 0.9, 0.0],
+                        [0.0, 0.2, -0.1, 0.1, 0.0],
+                        [0.0, 0.0, 0.0, 0.0, 0.9]])
+    targets, old, new = torch.tensor([0, 3, 1, 4]), torch.tensor([0, 1]), torch.tensor([2, 3, 4])
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    terms = []
+    for rows, others in (([0, 2], 0.0), ([1, 3], 4.0)):
+        monkeypatch.setattr(dist, "all_reduce_sum", lambda t, others=others: t.add_(others))
+        terms.append(float(margin_ranking_loss(cos[rows], targets[rows], old, new, all_ranks=True)))
+    assert terms == [pytest.approx(2 * 1.0 / 4), 0.0]
+    assert sum(terms) / 2 == pytest.approx(0.25)
+
+
 def _model():
     # features = identity(x); classifier rows (1, 0), (0, 1), (1, 1), (-1, 0)
     model = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), CosineLinear(2, 4))
