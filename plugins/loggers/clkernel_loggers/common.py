@@ -163,11 +163,14 @@ def default_run_dir() -> Path:
 
 
 def prepare_dir(path: str | os.PathLike[str] | None, who: str) -> Path:
-    """Create ``path`` (or the default run folder) and check that a file can be written in it.
+    """Create ``path`` (or the default run folder) and check that a file can be written in it. On a
+    ``torch.distributed`` rank other than 0 (which never writes) the folder is only named: nothing is created.
 
     :raises LoggerPathError: naming the logger and the path, when the folder cannot be created or written.
     """
     folder = Path(path) if path is not None else default_run_dir()
+    if not is_rank_zero():
+        return folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".clkernel-write-test-{os.getpid()}"

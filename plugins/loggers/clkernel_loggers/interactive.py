@@ -26,9 +26,9 @@ named in its description), so it ends at n/n.
 Values for a task or a class (``.../taskNNN``, ``.../classNNN``), non-scalars and names outside the scheme are not
 shown (other loggers write them).
 
-**Ranks, without checking the rank.** Every training event fires on every rank, but the kernel calls
-``log_metrics`` on rank 0 only. The logger shows nothing, no line and no bar, until it has received a first
-value: other ranks never receive one, so they stay silent. On rank 0 the first training bar opens on the first
+**Ranks.** Every training event fires on every rank, but the kernel calls ``log_metrics`` on rank 0 only. The
+logger shows nothing, no line and no bar, until it has received a first value: other ranks never receive one, so
+they stay silent (also after loading rank 0's checkpoint, whose state says it had received some). On rank 0 the first training bar opens on the first
 running value (at the iteration it arrives, counting from there to the end of the epoch); once a value has been
 received, bars open when their epoch or evaluation starts. A run with no metric at all shows nothing.
 
@@ -54,7 +54,9 @@ import torch
 
 import clkernel
 from clkernel import TrainState
-from clkernel_loggers.common import LoggerResumeError, LoggerWriteError, is_matrix, metric_parts, scalar
+from clkernel_loggers.common import (
+    LoggerResumeError, LoggerWriteError, is_matrix, is_rank_zero, metric_parts, scalar,
+)
 
 __all__ = ["REFRESH_S", "STATE_FORMAT", "InteractiveLogger"]
 
@@ -346,7 +348,7 @@ class InteractiveLogger:
         if state.get("format") != STATE_FORMAT:
             raise LoggerResumeError(f"the interactive logger cannot resume from this state: format "
                                     f"{state.get('format')!r}, this version reads format {STATE_FORMAT}")
-        self._active = bool(state["active"])
+        self._active = bool(state["active"]) and is_rank_zero()  # rank 0's state: other ranks stay silent
         self._last = {str(s): dict(v) for s, v in state["last"].items()}
         self._exp, self._epoch, self._running = dict(state["exp"]), dict(state["epoch"]), dict(state["running"])
         self._resumed = {k: float(v) for k, v in state["seconds"].items()}

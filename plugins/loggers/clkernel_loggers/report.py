@@ -119,7 +119,7 @@ class ReportLogger:
 
     @clkernel.hookimpl(trylast=True)
     def after_eval(self, state: TrainState) -> None:
-        if self._dirty:
+        if self._dirty and state.rank == 0:  # a resumed run's other ranks hold rank 0's state, and write nothing
             self.write()
 
     @clkernel.hookimpl

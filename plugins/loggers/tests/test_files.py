@@ -122,13 +122,17 @@ def test_names_outside_the_scheme_are_accepted(tmp_path):
 
 def test_only_rank_zero_writes(tiny, tmp_path, monkeypatch):
     """Under torch.distributed the kernel calls log_metrics and output_files on rank 0 only: on rank 1 every
-    other event still fires on the loggers, and none of them opens, writes or lists a file."""
+    other event still fires on the loggers, and none of them creates a folder, opens, writes or lists a file.
+
+    In one process, pretending to be rank 1 of 2, with DDP left out (it needs a real group; the fake metrics do
+    no collective): plugins/metrics/tests/test_distributed.py launches two real processes."""
     from clkernel_loggers import InteractiveLogger
 
     monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: 1)
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda model, **options: model)
     out = io.StringIO()
     loggers = [CSVLogger(tmp_path / "csv"), JSONLLogger(tmp_path / "jsonl"), TextLogger(tmp_path / "text"),
                TensorBoardLogger(tmp_path / "tb"), ReportLogger(tmp_path / "report"),
@@ -137,9 +141,42 @@ def test_only_rank_zero_writes(tiny, tmp_path, monkeypatch):
     assert run.strategy.state.rank == 1
     run.strategy.eval(run.test)
     assert tiny.run_all(run) == []
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    assert list(tmp_path.rglob("*")) == []  # not even the folders
     assert out.getvalue() == ""  # no line, no bar
     assert len(run.metrics.logged) > 0  # the metric did log: the kernel kept the values from the loggers
+
+
+def test_rank_one_stays_silent_after_loading_rank_zero_state(tiny, tmp_path, monkeypatch):
+    """A resumed distributed run: every rank loads rank 0's checkpoint, whose interactive logger had shown
+    values and whose report had values to write. Rank 1 still prints nothing and changes no file."""
+    from clkernel_loggers import InteractiveLogger
+
+    report, shown = ReportLogger(tmp_path), InteractiveLogger(file=io.StringIO(), bars=False)
+    run = tiny.make_run(report, shown)
+    run.strategy.train(run.train[0])
+    run.strategy.eval(run.test)
+    run.strategy.train(run.train[1])  # a checkpoint after training: the report has new values to write
+    states = {"report": report.state_dict(), "interactive": shown.state_dict()}
+    assert states["interactive"]["active"] and states["report"]["dirty"]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert "results.json" in [p.name for p in before]
+
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: 1)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda model, **options: model)
+    out = io.StringIO()
+    report, shown = ReportLogger(tmp_path), InteractiveLogger(file=out, bars=True)
+    report.load_state_dict(states["report"])
+    shown.load_state_dict(states["interactive"])
+    run = tiny.make_run(report, shown)
+    run.strategy.eval(run.test)
+    run.strategy.train(run.train[2])
+    run.strategy.eval(run.test)
+    run.strategy.close()
+    assert out.getvalue() == ""
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.parametrize("make", [

@@ -16,7 +16,7 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "defaults": ["RUNNING_EVERY", "default_evaluator"],
-    "evaluator": ["Chunk", "Deferred", "Evaluator", "PluginMetric", "resolve"],
+    "evaluator": ["Chunk", "Deferred", "Evaluator", "PluginMetric", "max_over_ranks", "resolve", "sum_over_ranks"],
     "families": [
         "INITIAL_ACCURACY", "AccuracyMatrixMetrics", "AccuracyMetrics", "ClassAccuracyMetrics",
         "ConfusionMatrixMetrics", "LossMetrics", "ResourceMetrics", "TopKAccuracyMetrics", "cpu_usage_metrics",

@@ -6,22 +6,126 @@ family emits (every ``family.every`` iterations), and at each epoch or experienc
 one :class:`Chunk` that every metric family updates its accumulators from (on the device, without
 synchronising). At each boundary it collects the families' values, resolves every device value with a single
 transfer (:class:`Deferred`), records them in its history and calls ``state.log_metrics``.
+
+Under ``torch.distributed`` each rank accumulates over the minibatches it sees; at the boundaries that every rank
+reaches (an evaluated experience's end, ``eval()``'s end, a training epoch's end) the families sum their counts
+and sums over the ranks (:func:`sum_over_ranks`, one collective per family and boundary, never one per
+minibatch) before computing a value, so that every rank gets the value one process computes on all the data.
 """
 
 from __future__ import annotations
 
+import math
 from functools import cached_property
 from typing import Any, Callable
 
 import torch
 
 import clkernel
-from clkernel import TrainState
+from clkernel import TrainState, distributed
 from clkernel.validate import positive_int
 
 from clkernel_metrics.standalone import bincount, predictions, topk_correct
 
-__all__ = ["Chunk", "Deferred", "Evaluator", "PluginMetric", "resolve"]
+__all__ = ["Chunk", "Deferred", "Evaluator", "PluginMetric", "max_over_ranks", "resolve", "sum_over_ranks"]
+
+
+def sum_over_ranks(values: list[torch.Tensor | float | int | None], *, same_shapes: bool = True
+                   ) -> list[torch.Tensor | float | int | None]:
+    """Each of ``values`` summed over the ranks of a ``torch.distributed`` run, all in one collective
+    (``values`` itself, untouched, in one process). Every rank must call it at the same point, with as many
+    values, in the same order: call it at boundaries that every rank reaches, never per evaluation minibatch (the
+    ranks may see different numbers of them).
+
+    :param values: counts and sums: tensors of any shape and dtype on any device, Python numbers, or None (a
+        count this rank has not started, taken as zeros).
+    :param same_shapes: True when every rank's value has the same shape and none is None (0-d sums, counts of
+        a fixed size): one collective. False: the shapes may differ (``[C, 2]`` class counts where one rank saw
+        more classes) or be None; the shapes go round first (a second collective) and each value is padded with
+        zeros at the end of every dimension to the largest shape.
+    :returns: the sums, each as its value was given (a tensor keeps its dtype and device, an int stays an int,
+        a float a float); with ``same_shapes=False`` a value that is None on every rank stays None.
+    :raises ValueError: for a value that is not a tensor, number or None, or None with ``same_shapes``.
+    :raises RuntimeError: from ``torch.distributed`` (a rank that failed, a timeout).
+    """
+    if not distributed.is_distributed():
+        return values
+    for v in values:
+        if not (v is None or isinstance(v, (torch.Tensor, int, float))):
+            raise ValueError(f"sum_over_ranks: counts and sums are tensors, numbers or None, got {type(v).__name__}")
+    shapes = [None if v is None else (tuple(v.shape) if isinstance(v, torch.Tensor) else ()) for v in values]
+    if same_shapes:
+        if any(s is None for s in shapes):
+            raise ValueError("sum_over_ranks: a value is None; pass same_shapes=False for counts a rank may lack")
+    else:
+        shapes = _largest_shapes(shapes)
+    flat = []
+    for v, shape in zip(values, shapes):
+        if shape is None:
+            continue
+        t = torch.zeros(shape, dtype=torch.float64) if v is None else torch.as_tensor(v).detach().to(
+            "cpu", torch.float64)
+        if tuple(t.shape) != shape:
+            t = torch.nn.functional.pad(t, [p for size, to in zip(reversed(t.shape), reversed(shape))
+                                            for p in (0, to - size)])
+        flat.append(t.reshape(-1))
+    total = distributed.all_reduce_sum(torch.cat(flat)) if flat else torch.zeros(0, dtype=torch.float64)
+    out: list[torch.Tensor | float | int | None] = []
+    offset = 0
+    for v, shape in zip(values, shapes):
+        if shape is None:
+            out.append(None)
+            continue
+        n = math.prod(shape)
+        piece = total[offset:offset + n].view(shape)
+        offset += n
+        if isinstance(v, torch.Tensor):
+            out.append(piece.to(v.device, v.dtype))
+        elif isinstance(v, int) and not isinstance(v, bool):
+            out.append(int(round(piece.item())))
+        elif isinstance(v, float):
+            out.append(piece.item())
+        else:  # None here, counts elsewhere: int64 like the counts it stands for
+            out.append(piece.round().long())
+    return out
+
+
+_MAX_DIMS = 8
+
+
+def _largest_shapes(shapes: list[tuple[int, ...] | None]) -> list[tuple[int, ...] | None]:
+    """The elementwise largest shape of each value over the ranks (None where no rank has it): every rank writes
+    ``[present, ndim, sizes...]`` of each value in its own row of a zero table, and the table is summed."""
+    if any(s is not None and len(s) > _MAX_DIMS for s in shapes):
+        raise ValueError(f"sum_over_ranks: counts of more than {_MAX_DIMS} dimensions with same_shapes=False")
+    width = 2 + _MAX_DIMS  # the same on every rank, whichever values it lacks
+    table = torch.zeros(distributed.world_size(), len(shapes), width, dtype=torch.float64)
+    row = table[distributed.rank()]
+    for i, s in enumerate(shapes):
+        if s is not None:
+            row[i, 0], row[i, 1] = 1, len(s)
+            row[i, 2:2 + len(s)] = torch.tensor(s, dtype=torch.float64)
+    table = distributed.all_reduce_sum(table)
+    out: list[tuple[int, ...] | None] = []
+    for i in range(len(shapes)):
+        rows = table[table[:, i, 0] > 0, i]
+        if len(rows) == 0:
+            out.append(None)
+            continue
+        ndim = int(rows[:, 1].max())
+        out.append(tuple(int(x) for x in rows[:, 2:2 + ndim].max(0).values))
+    return out
+
+
+def max_over_ranks(value: float) -> float:
+    """The largest of ``value`` over the ranks of a ``torch.distributed`` run (``value`` in one process): what
+    resource measurements report (the slowest rank's time, the largest process's memory). Every rank must call it
+    at the same point."""
+    if not distributed.is_distributed():
+        return value
+    row = torch.zeros(distributed.world_size(), dtype=torch.float64)
+    row[distributed.rank()] = value
+    return float(distributed.all_reduce_sum(row).max())
 
 
 class Deferred:
@@ -401,7 +505,7 @@ class Evaluator:
             m.load_state_dict(s)
         self._clear()
         buffer = state.get("buffer")  # absent from older checkpoints
-        if buffer:
+        if buffer and distributed.rank() == 0:  # rank 0's minibatches, loaded by every rank: counted at rank 0
             self._outputs, self._targets = list(buffer["outputs"]), list(buffer["targets"])
             self._tasks, self._losses = list(buffer["tasks"]), list(buffer["losses"])
             self._buffered = sum(t.numel() for t in self._outputs)

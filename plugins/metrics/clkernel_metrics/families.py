@@ -10,6 +10,13 @@ Granularities (the names follow :mod:`clkernel.names`, built with :func:`clkerne
 Scalars reach the loggers as Python floats, except ``mb`` and ``running_epoch`` values: 0-d float64 tensors on
 the training device, so that emitting them never synchronises (a logger that writes one turns it into a
 number).
+
+Under ``torch.distributed`` the ``epoch``, ``exp``, ``stream`` and ``exp_mean`` values, the class counts, the
+confusion matrices and the accuracy matrix's accuracies are summed over the ranks as counts and sums (never
+averages of averages) at the boundary that emits them, so every rank gets what one process computes on the whole
+data. The ``mb`` and ``running_epoch`` values stay the rank's own (reducing them would take a collective every
+``every`` iterations); resource values are the largest over the ranks (the slowest rank's time, the largest
+process's memory).
 """
 
 from __future__ import annotations
@@ -18,12 +25,12 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from clkernel import TrainState
+from clkernel import TrainState, distributed
 from clkernel.log import get_logger
 from clkernel.names import metric_name
 from clkernel.validate import positive_int, positive_number
 
-from clkernel_metrics.evaluator import Chunk, Deferred, PluginMetric
+from clkernel_metrics.evaluator import Chunk, Deferred, PluginMetric, max_over_ranks, sum_over_ranks
 from clkernel_metrics.standalone import (
     AccuracyMatrix, CPUUsage, DiskUsage, MaxGPUMemory, MaxRAM, Mean, WallTime, add_padded,
     backward_transfer_per_experience, bincount, class_accuracies, forgetting_per_experience,
@@ -131,7 +138,10 @@ class _MeanFamily(PluginMetric):
         return out or None
 
     def after_training_epoch(self, state: TrainState) -> dict[str, Any] | None:
-        if not self.epoch or self._epoch.count == 0:
+        if not self.epoch:
+            return None
+        _sum_mean(self._epoch)
+        if self._epoch.count == 0:
             return None
         n = self._epoch.count
         return {self._name("epoch", "train", state): _ratio(self._epoch.total, n)}
@@ -148,6 +158,8 @@ class _MeanFamily(PluginMetric):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._epoch.load_state_dict(state["epoch"])
+        if distributed.rank() != 0:  # rank 0's sums, loaded by every rank: counted once, at rank 0
+            self._epoch.reset()
         last = state["last"]
         self._last = None if last is None else (last[0], int(last[1]))
 
@@ -155,6 +167,7 @@ class _MeanFamily(PluginMetric):
         self._exp.reset()
 
     def after_eval_exp(self, state: TrainState) -> dict[str, Any] | None:
+        _sum_mean(self._exp)
         if self._exp.count == 0:
             return None
         total, n = _as_tensor(self._exp.total), self._exp.count
@@ -179,6 +192,11 @@ class _MeanFamily(PluginMetric):
         totals = self._exps[0][0].reshape(1) if len(self._exps) == 1 else torch.stack(
             [t.reshape(()).to(torch.float64) for t, _ in self._exps])
         return {f"#{self.quantity}_stream": Deferred(totals, stream_values, expand=True)}
+
+
+def _sum_mean(mean: Mean) -> None:
+    """``mean``'s sum and count summed over the ranks (nothing in one process)."""
+    mean.total, mean.count = sum_over_ranks([mean.total, mean.count])  # type: ignore[assignment]
 
 
 def _as_tensor(x: torch.Tensor | float) -> torch.Tensor:
@@ -227,6 +245,7 @@ class AccuracyMetrics(_MeanFamily):
         out = super().after_eval(state)
         if not (out and self.per_task and len(self._tasks) > 1):
             return out
+        self._task_counts, = sum_over_ranks([self._task_counts], same_shapes=False)  # type: ignore[assignment]
         # experiences with one task label count as a whole for it; the others were counted per sample
         single = [(t, n) for t, (_, n) in zip(self._exp_tasks, self._exps) if t is not None]
         parts = [total.reshape(()).to(torch.float64) for t, (total, _) in zip(self._exp_tasks, self._exps)
@@ -299,7 +318,7 @@ class ClassAccuracyMetrics(PluginMetric):
             self._counts[key] = counts if old is None else add_padded(old, counts)
 
     def _emit(self, key: str, phase: str, state: TrainState, exp: int | None = None) -> dict[str, Any] | None:
-        counts = self._counts[key]
+        counts, = sum_over_ranks([self._counts[key]], same_shapes=False)
         if counts is None:
             return None
         stream = state.stream_name
@@ -322,6 +341,8 @@ class ClassAccuracyMetrics(PluginMetric):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._counts = {"epoch": None, "exp": None, "stream": None, **state["counts"]}
+        if distributed.rank() != 0:  # rank 0's counts, loaded by every rank: counted once, at rank 0
+            self._counts["epoch"] = None
 
     def before_eval(self, state: TrainState) -> None:
         self._counts["stream"] = None
@@ -371,16 +392,22 @@ class ConfusionMatrixMetrics(PluginMetric):
         self._exp = None
 
     def after_eval_exp(self, state: TrainState) -> dict[str, Any] | None:
-        if not self.experience or self._exp is None:
+        if not self.experience:
+            return None
+        counts, = sum_over_ranks([self._exp], same_shapes=False)
+        if counts is None:
             return None
         name = metric_name("confusion_matrix", "exp", "eval", state.stream_name, exp=_exp_index(state))
-        return {name: Deferred(self._exp, lambda t: t.long())}
+        return {name: Deferred(counts, lambda t: t.long())}
 
     def after_eval(self, state: TrainState) -> dict[str, Any] | None:
-        if not self.stream or self._stream is None:
+        if not self.stream:
+            return None
+        counts, = sum_over_ranks([self._stream], same_shapes=False)
+        if counts is None:
             return None
         return {metric_name("confusion_matrix", "stream", "eval", state.stream_name):
-                Deferred(self._stream, lambda t: t.long())}
+                Deferred(counts, lambda t: t.long())}
 
 
 # ---------------------------------------------------------------------------------------------- accuracy matrix
@@ -460,6 +487,7 @@ class AccuracyMatrixMetrics(PluginMetric):
         self._current.reset()
 
     def after_eval_exp(self, state: TrainState) -> None:
+        _sum_mean(self._current)
         if self._current.count:
             self._pending.append((_origin(state)[0], _as_tensor(self._current.total), self._current.count))
 
@@ -584,7 +612,8 @@ class ResourceMetrics(PluginMetric):
             return None
         meter.update()
         exp = _exp_index(state) if granularity == "exp" else None
-        return {metric_name(self.quantity, granularity, phase, state.stream_name, exp=exp): meter.result()}
+        return {metric_name(self.quantity, granularity, phase, state.stream_name, exp=exp):
+                max_over_ranks(meter.result())}
 
     def before_training(self, state: TrainState) -> None:
         self._start("stream", "train", state, self.stream)
