@@ -359,10 +359,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     import clkernel
+    from clkernel import distributed
     from clkernel.checkpoint import CheckpointError, Checkpointer, atomic_write, latest_checkpoint, load_checkpoint
     from clkernel.loop import NonFiniteLossError, Strategy, run
 
     _SIGNALS.check()
+    distributed.init_from_environment()  # under torchrun: join the process group (nothing in one process)
+    rank = distributed.rank()
     resume = getattr(args, "resume", None)
     saved = _saved_config(resume) if resume is not None else None
     given: set[str] = set()
@@ -379,6 +382,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config["metric"] = config["metric"] or registry().defaults("metric")
     config["logger"] = config["logger"] or registry().defaults("logger")
     device = torch.device(config["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and distributed.world_size() > 1:  # each process its own GPU (LOCAL_RANK)
+        device = torch.device("cuda", torch.cuda.current_device())
     config["device"] = str(device)
 
     _seed_everything(config["seed"])
@@ -412,8 +417,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     _SIGNALS.check()
     if saved is not None:
         run_dir, created = Path(resume), []
-    else:
+    elif rank == 0:
         run_dir, created = _make_run_folder(config["output"], bench_name, overwrite)
+    else:
+        run_dir, created = Path("."), []  # rank 0 names it just below; the other ranks create nothing
+    run_dir = Path(distributed.broadcast_object(str(run_dir)))
     config["output"] = context["run_dir"] = run_dir
     try:
         built = {kind: [early[kind, i] if (kind, i) in early else _build(kind, spec, context, used)
@@ -442,16 +450,20 @@ def cmd_run(args: argparse.Namespace) -> int:
                         plugins=[*built["plugin"], *built["metric"], *loggers],
                         train_mb_size=config["mb_size"], train_epochs=config["epochs"],
                         eval_mb_size=config["eval_mb_size"], device=device, eval_every=config["eval_every"],
-                        on_nonfinite=config["on_nonfinite"], checkpoint=checkpointer)
+                        on_nonfinite=config["on_nonfinite"], checkpoint=checkpointer,
+                        loader_options={k: config[k] for k in ("num_workers", "pin_memory", "persistent_workers")})
     if saved is not None:  # everything is checked before anything loads: a refused checkpoint changes nothing
         try:
             load_checkpoint(latest_checkpoint(run_dir / "checkpoints"), strategy)  # type: ignore[arg-type]
         except CheckpointError as e:
             raise UsageError(f"--resume {resume}: {e}") from None
-    else:
+    elif rank == 0:
         atomic_write(run_dir / "config.json", lambda f: f.write(
             (json.dumps({k: config[k] for k in RUN_KEYS}, indent=2, default=str) + "\n").encode()))
-    configure_logging(args.log_format, log_file=run_dir / "events.jsonl")
+    if rank == 0:
+        configure_logging(args.log_format, log_file=run_dir / "events.jsonl")
+    else:  # rank 0 tells the story; another rank shows its warnings and errors
+        configure_logging(args.log_format, console_level="warning")
     log.info("run_start", kernel=clkernel.__version__, components=used, seed=config["seed"], device=str(device),
              run_dir=str(run_dir), data_root=config["data_root"], resumed=strategy.resume_position)
     _SIGNALS.run_dir = run_dir
@@ -468,6 +480,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not config["metric"]:  # no metric computed anything: still show what the run reached
         summary = {f"accuracy/{name}": _final_accuracy(strategy, benchmark.streams[name])
                    for name in config["eval_streams"]}
+    if rank != 0:  # rank 0 reports for every rank
+        return 0
     if not config["logger"] or not config["metric"]:
         print(f"final results: {json.dumps(summary, default=str)}")
     print(f"run finished; results in {run_dir}")
@@ -550,6 +564,12 @@ def _parser() -> _Parser:
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its newest checkpoint, with the configuration saved there "
                         f"(options given must match it, except {', '.join(flag(k) for k in RESUME_MAY_CHANGE)})")
+    p.add_argument("--num-workers", dest="num_workers", type=int,
+                   help="DataLoader worker processes for datasets not in memory (image folders; default: 0)")
+    p.add_argument("--pin-memory", dest="pin_memory", action="store_true", default=None,
+                   help="DataLoader pinned memory, for faster copies to a GPU")
+    p.add_argument("--persistent-workers", dest="persistent_workers", action="store_true", default=None,
+                   help="keep DataLoader workers alive between epochs (needs --num-workers > 0)")
     p.add_argument("--on-nonfinite", dest="on_nonfinite", choices=("raise", "warn"),
                    help="a nan or inf training loss: raise (default) stops the run with exit code 1, naming the "
                         "experience, epoch, iteration and part of the loss; warn logs it and trains on")
@@ -596,6 +616,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if args.command == "run":
             _SIGNALS.restore()
+            distributed = sys.modules.get("clkernel.distributed")  # imported only by a run
+            if distributed is not None and distributed.is_distributed():
+                sys.modules["torch"].distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

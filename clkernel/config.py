@@ -34,11 +34,13 @@ RUN_KEYS: dict[str, Any] = {
     "benchmark": None, "model": None, "plugin": [], "metric": [], "logger": [], "optimizer": "sgd",
     "lr": 0.01, "momentum": 0.9, "epochs": 1, "mb_size": 32, "eval_mb_size": 256, "seed": 0,
     "device": None, "output": None, "data_root": None, "on_nonfinite": "raise", "eval_every": 0,
-    "eval_streams": ["test"], "checkpoint_every": 0, "checkpoint_minutes": 0.0, "keep_checkpoints": 3}
+    "eval_streams": ["test"], "checkpoint_every": 0, "checkpoint_minutes": 0.0, "keep_checkpoints": 3,
+    "num_workers": 0, "pin_memory": False, "persistent_workers": False}
 
 #: Keys whose value may differ from the saved configuration when a run resumes (``clkernel run --resume``): they
 #: change where or how often the run works, not what it computes.
-RESUME_MAY_CHANGE = ("device", "data_root", "output", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints")
+RESUME_MAY_CHANGE = ("device", "data_root", "output", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints",
+                     "num_workers", "pin_memory", "persistent_workers")
 
 #: Config-file spellings accepted for a key (besides ``-`` for ``_``).
 CONFIG_ALIASES: dict[str, str] = {"plugins": "plugin", "metrics": "metric", "loggers": "logger"}
@@ -50,7 +52,8 @@ LIST_KEYS = ("plugin", "metric", "logger")
 #: minibatch of more than 2**20 samples, is not something anyone means.
 INT_LIMITS: dict[str, tuple[int, int]] = {"epochs": (1, 10**6), "mb_size": (1, 2**20), "eval_mb_size": (1, 2**20),
                                           "seed": (0, 2**63 - 1), "eval_every": (-1, 10**6),
-                                          "checkpoint_every": (0, 10**9), "keep_checkpoints": (1, 10**6)}
+                                          "checkpoint_every": (0, 10**9), "keep_checkpoints": (1, 10**6),
+                                          "num_workers": (0, 1024)}
 #: The largest seed (torch takes seeds up to 2**64 - 1, but numpy and most tools take 63 bits).
 SEED_MAX = INT_LIMITS["seed"][1]
 
@@ -370,7 +373,8 @@ def resolve_run_config(args: argparse.Namespace, base: dict[str, Any] | None = N
 
     Flag values may be typed already (argparse ``type=int``) or still be text. Checks: integers in
     :data:`INT_LIMITS` (no floats, no bools); ``lr`` finite and > 0; ``momentum`` finite and >= 0, and only with
-    the sgd optimizer; choices for ``optimizer`` and ``on_nonfinite``; component specs (names, option keys and
+    the sgd optimizer; choices for ``optimizer`` and ``on_nonfinite``; booleans for ``pin_memory`` and
+    ``persistent_workers`` (which needs ``num_workers`` > 0); component specs (names, option keys and
     types, see :func:`check_component`); ``device`` by :func:`check_device` (normalised), ``output`` by
     :func:`check_output` and ``data_root`` by :func:`check_data_root`. Creates nothing.
 
@@ -414,6 +418,12 @@ def resolve_run_config(args: argparse.Namespace, base: dict[str, Any] | None = N
         raise UsageError(f"{shown['momentum']} must be a finite number >= 0, got {config['momentum']!r}")
     for key in _CHOICES:
         config[key] = _choice(key, config[key], shown[key])
+    for key in ("pin_memory", "persistent_workers"):
+        if not isinstance(config[key], bool):
+            raise UsageError(f"{shown[key]} must be true or false, got {_short(config[key])}")
+    if config["persistent_workers"] and config["num_workers"] == 0:
+        raise UsageError(f"{shown['persistent_workers']} keeps DataLoader workers alive between epochs: it needs "
+                         f"{shown['num_workers']} > 0")
     if config["optimizer"] != "sgd" and "momentum" in given:
         raise UsageError(f"{shown['momentum']} applies only to --optimizer sgd, not with {shown['optimizer']} "
                          f"{config['optimizer']}")
