@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 import clkernel
-from clkernel import CLDataset, Experience
+from clkernel import CLDataset, Experience, distributed
 from clkernel.validate import positive_int
 from clkernel_replay import ParametricBuffer, Replay
 
@@ -183,6 +183,9 @@ class GSSGreedySelection:
         """Positions of the samples GSS-greedy keeps, at most ``k``: the stored ones first met, then the new ones
         in the order they arrive (their order in ``dataset``).
 
+        In a distributed run every rank must call it (the buffer is updated at an experience's end, where every
+        rank is): each computes the choice and rank 0's is kept on all (:func:`clkernel.distributed.broadcast_object`).
+
         :raises ValueError: without ``model``, or when ``dataset`` lacks the ``gss_id`` attribute.
         """
         if model is None:
@@ -229,6 +232,9 @@ class GSSGreedySelection:
                 new, victim = gss_replacements(torch.tensor(scores, dtype=torch.float64), s, self.generator)
                 for j, i in zip(new.tolist(), victim.tolist()):
                     kept[i], scores[i] = int(chunk[j]), float(s[j])
+        # every rank computed the same choice from the same model, data and draws; rank 0's is taken so that a
+        # near tie rounded differently on another device cannot make the buffers differ
+        kept, scores = distributed.broadcast_object((kept, scores))
         kept_t = torch.tensor(kept, dtype=torch.long)
         order = torch.argsort(ids[kept_t])
         self.ids, self.scores = ids[kept_t][order], torch.tensor(scores, dtype=torch.float64)[order]

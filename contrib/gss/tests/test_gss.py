@@ -80,6 +80,24 @@ def test_buffer_scores_by_hand_on_a_linear_model():
     assert len(open_buf) == 2 and set(open_buf.buffer.sample_id.tolist()) != {0, 1}
 
 
+def test_a_distributed_run_keeps_rank_0s_choice(monkeypatch):
+    # Every rank computes the choice; the broadcast hands rank 0's to all. Here "rank 0" kept only the second of
+    # the two samples this rank would keep, with its own score: the buffer holds what rank 0 chose.
+    import clkernel.distributed as dist
+
+    sent = []
+
+    def broadcast_object(obj, src=0):
+        sent.append(obj)
+        return [1], [0.25]
+
+    monkeypatch.setattr(dist, "broadcast_object", broadcast_object)
+    buf = GSSGreedyBuffer(2, batch_size=1, mem_strength=5, seed=0)
+    buf.update(Experience(0, _data([[1.0, 0.0], [0.0, 1.0]], [0, 0])), model=_zero_linear())
+    assert sent == [([0, 1], [pytest.approx(0.1), 0.0])]  # this rank's own choice, the by-hand one above
+    assert buf.buffer.sample_id.tolist() == [1] and buf.scores.tolist() == [0.25]
+
+
 def test_score_matches_an_independent_gradient_computation(blobs):
     # two stored samples, batch_size 1: the memory gradients are exactly those two samples' gradients, whatever
     # the draw; the third sample fills the room with its score, computed here with a copied model and backward()
