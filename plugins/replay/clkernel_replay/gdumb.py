@@ -10,7 +10,7 @@ import clkernel
 from clkernel import DynamicModule, TrainState
 from clkernel.validate import positive_int
 from clkernel_replay.buffers import GreedyClassBalancedBuffer
-from clkernel_replay.replay import restore_from_stream
+from clkernel_replay.replay import check_same_on_every_rank, restore_from_stream
 
 __all__ = ["GDumb", "record_initial", "reinitialize"]
 
@@ -152,6 +152,8 @@ class GDumb:
     def after_train_dataset_adaptation(self, state: TrainState) -> None:
         if not state.resuming:
             self.storage_policy.update(state.experience)  # type: ignore[arg-type]
+            policy = self.storage_policy.state_dict()
+            check_same_on_every_rank(self.name, policy["origin"], policy["generator"])
         state.dataset = self.storage_policy.buffer.train()  # type: ignore[union-attr]
 
     @clkernel.hookimpl(tryfirst=True)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import zlib
 from typing import Any, Mapping
 
 import torch
 
 import clkernel
-from clkernel import CLDataset, TrainState
+from clkernel import CLDataset, TrainState, distributed
 from clkernel.validate import positive_int
 from clkernel_replay.buffers import StoragePolicy, make_policy
 from clkernel_replay.selection import resolve_seed
 
-__all__ = ["BufferSampler", "Replay", "restore_from_stream"]
+__all__ = ["BufferSampler", "Replay", "check_same_on_every_rank", "restore_from_stream"]
 
 
 class BufferSampler:
@@ -21,22 +22,41 @@ class BufferSampler:
     With ``task_balanced``, each task label present in the buffer gets its own cycle and an equal part of every
     minibatch (the first tasks get the remainder). Draws use the batched path of the dataset.
 
+    On several processes, ``batch_size`` is per rank: each :meth:`draw` takes the *global* replay minibatch,
+    ``batch_size x world_size`` indices, from ``generator`` (the same on every rank when ranks are seeded alike,
+    so every rank draws the same indices and the sampler's state is the same everywhere), and reads only this
+    rank's share, every ``world_size``-th index from ``rank``. The ranks' shares partition the global minibatch,
+    which is what one process with ``batch_size x world_size`` draws. With ``task_balanced`` the global minibatch
+    is balanced over tasks, and each rank's share to within one sample per task.
+
     :param buffer: the samples to draw from (a non-empty CLDataset).
-    :param batch_size: samples per :meth:`draw`.
+    :param batch_size: samples per :meth:`draw` (on this rank).
     :param generator: the shuffles' generator (default: torch's global one).
+    :param rank: this process's rank (default: :func:`clkernel.distributed.rank`).
+    :param world_size: the number of processes (default: :func:`clkernel.distributed.world_size`).
+    :raises ValueError: for a ``batch_size`` or ``world_size`` that is not a positive integer, or a ``rank``
+        outside ``0 .. world_size - 1``.
     """
 
     def __init__(self, buffer: CLDataset, batch_size: int, *, task_balanced: bool = False,
-                 generator: torch.Generator | None = None) -> None:
-        self.buffer, self.generator = buffer, generator
+                 generator: torch.Generator | None = None, rank: int | None = None,
+                 world_size: int | None = None) -> None:
+        positive_int(batch_size, "batch_size", "BufferSampler")
+        world_size = positive_int(distributed.world_size() if world_size is None else world_size, "world_size",
+                                  "BufferSampler")
+        rank = distributed.rank() if rank is None else rank
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"BufferSampler: rank must be an integer in 0..{world_size - 1}, got {rank!r}")
+        self.buffer, self.generator, self.rank, self.world_size = buffer, generator, rank, world_size
         if task_balanced:
             tasks = buffer.task_labels
             pools = [(tasks == t).nonzero().flatten() for t in tasks.unique().tolist()]
         else:
             pools = [torch.arange(len(buffer))]
-        base, extra = divmod(batch_size, len(pools))
+        base, extra = divmod(batch_size * world_size, len(pools))
         self._pools = [(pool, base + (i < extra)) for i, pool in enumerate(pools) if base + (i < extra) > 0]
-        #: Per pool, the indices still to draw from its current shuffled pass (a checkpoint keeps them).
+        #: Per pool, the indices still to draw from its current shuffled pass (a checkpoint keeps them); the
+        #: same on every rank.
         self.orders = [torch.zeros(0, dtype=torch.long) for _ in self._pools]
 
     def _take(self, i: int, n: int) -> torch.Tensor:
@@ -46,11 +66,16 @@ class BufferSampler:
         self.orders[i] = order[n:]
         return order[:n]
 
+    def draw_indices(self) -> torch.Tensor:
+        """The next global replay minibatch: int64 ``(batch_size x world_size,)`` positions in the buffer, the
+        same on every rank; this rank's share is ``[rank::world_size]``. Advances the sampler."""
+        return torch.cat([self._take(i, n) for i, (_, n) in enumerate(self._pools)])
+
     def draw(self) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        """One minibatch ``(x, y, t)`` of ``batch_size`` buffer samples: inputs ``(batch_size, *input_shape)``,
-        int64 targets and task labels ``(batch_size,)``, on the CPU (or wherever the buffer's data lives)."""
-        idx = torch.cat([self._take(i, n) for i, (_, n) in enumerate(self._pools)])
-        return self.buffer.get_batch(idx)
+        """This rank's part of the next replay minibatch, ``(x, y, t)`` of ``batch_size`` buffer samples: inputs
+        ``(batch_size, *input_shape)``, int64 targets and task labels ``(batch_size,)``, on the CPU (or wherever
+        the buffer's data lives). Only these samples are read."""
+        return self.buffer.get_batch(self.draw_indices()[self.rank::self.world_size])
 
 
 def restore_from_stream(policy: StoragePolicy, state: TrainState, who: str) -> None:
@@ -67,6 +92,29 @@ def restore_from_stream(policy: StoragePolicy, state: TrainState, who: str) -> N
         raise RuntimeError(f"{who}: the buffer was loaded from a checkpoint and is rebuilt from the stream of the "
                            f"experience being trained, but that experience belongs to no stream")
     policy.restore({exp.index: exp.dataset for exp in stream})
+
+
+def check_same_on_every_rank(who: str, *tensors: torch.Tensor) -> None:
+    """Check that ``tensors`` (a buffer's slots, a generator's state) are the same on every rank of a distributed
+    run; nothing in one process. Every rank must call it, at the same point (it is a collective): a checksum of
+    the tensors' bytes and its square are summed over ranks, so that every rank sees a difference.
+
+    :param who: the plugin's name, for the error message.
+    :raises RuntimeError: on every rank, when some rank's tensors differ from another's (ranks not seeded alike,
+        or given different data).
+    """
+    if not distributed.is_distributed():
+        return
+    crc = 0
+    for tensor in tensors:
+        crc = zlib.crc32(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes(), crc)
+    crc %= 2**20  # its square, summed over ranks, fits in int64
+    sums = distributed.all_reduce_sum(torch.tensor([crc, crc * crc], dtype=torch.long))
+    n = distributed.world_size()
+    if sums.tolist() != [n * crc, n * crc * crc]:
+        raise RuntimeError(f"{who}: the buffer or its generator differs between ranks (rank {distributed.rank()} "
+                           f"of {n}); seed every rank alike (the same torch.manual_seed before building the "
+                           f"plugins, or seed=) and give every rank the same data")
 
 
 class Replay:
@@ -126,7 +174,7 @@ class Replay:
         buffer = self.storage_policy.buffer
         self._sampler = None if buffer is None else BufferSampler(
             buffer.train(), self.batch_size_mem or state.train_mb_size, task_balanced=self.task_balanced,
-            generator=self.generator)
+            generator=self.generator, rank=state.rank, world_size=state.world_size)
         if self._sampler is not None and self._orders is not None:  # resumed inside an experience
             self._sampler.orders = list(self._orders)
         self._orders = None
@@ -159,6 +207,8 @@ class Replay:
     def after_training_exp(self, state: TrainState) -> None:
         self.storage_policy.update(state.experience, model=state.model)  # type: ignore[arg-type]
         self._sampler = self._orders = None
+        policy = self.storage_policy.state_dict()
+        check_same_on_every_rank(self.name, policy["origin"], policy["generator"], self.generator.get_state())
 
     def state_dict(self) -> dict[str, Any]:
         """The storage policy's state, the sampling generator's, and, inside a training experience, what the

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 import torch
 
 import clkernel
-from clkernel import CLDataset, iterate_minibatches, model_forward
+from clkernel import CLDataset, distributed, iterate_minibatches, model_forward
 from clkernel.validate import positive_int
 
 __all__ = ["ClosestToCenterSelection", "FeatureExtractor", "HerdingSelection", "RandomSelection", "SelectionStrategy",
@@ -118,8 +118,27 @@ class _FeatureBased:
         return torch.nn.functional.normalize(f, dim=1) if self.normalize else f
 
     def order(self, dataset: CLDataset, *, k: int, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """Positions in ``dataset``, best first (int64), from the features of its samples."""
-        return self.order_features(self.features(dataset, model), k)
+        """Positions in ``dataset``, best first (int64), from the features of its samples.
+
+        On several processes every rank must call it, with the same dataset: each computes the features of its
+        shard (:func:`clkernel.distributed.shard_indices`) and the rows are summed over ranks
+        (:func:`clkernel.distributed.all_reduce_sum`; rank 0 computes them all for fewer samples than ranks), so
+        every rank orders the same features and keeps the same samples. A model wrapped in
+        ``DistributedDataParallel`` is unwrapped first.
+        """
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        n = len(dataset)
+        if not distributed.is_distributed():
+            return self.order_features(self.features(dataset, model), k)
+        if n < distributed.world_size():  # some ranks would have no sample: rank 0 computes them all
+            features = self.features(dataset, model) if distributed.rank() == 0 else None
+            return self.order_features(distributed.broadcast_object(features), k)
+        mine = distributed.shard_indices(n)
+        local = self.features(dataset.subset(mine), model)
+        features = local.new_zeros((n, *local.shape[1:]))
+        features[mine] = local
+        return self.order_features(distributed.all_reduce_sum(features), k)
 
     def order_features(self, features: torch.Tensor, k: int) -> torch.Tensor:
         """Rows of ``features`` ``(n, F)``, best first: int64 ``(n,)``, a permutation of ``0..n-1``."""
