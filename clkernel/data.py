@@ -569,14 +569,14 @@ class MinibatchLoader:
             self._batches.batches = [b.tolist() if isinstance(b, torch.Tensor) else list(b) for b in batches]
         else:
             self._batches.batches = (b.tolist() if isinstance(b, torch.Tensor) else list(b) for b in batches)
-        return iter(self._loader)
+        return map(tuple, self._loader)  # default_collate gives lists
 
     def read(self, idx: torch.Tensor | Sequence[int]) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """One minibatch ``(x, y, t)`` of the samples at ``idx``, split over the workers so they read it together
         (in this process without workers)."""
         idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
         if self.num_workers == 0 or len(idx) < 2:
-            return default_collate([self.dataset[int(i)] for i in idx])
+            return tuple(default_collate([self.dataset[int(i)] for i in idx]))  # type: ignore[return-value]
         parts = list(self(idx.tensor_split(min(self.num_workers, len(idx)))))
         return tuple(torch.cat(column) for column in zip(*parts))  # type: ignore[return-value]
 

@@ -46,7 +46,7 @@ def test_persistent_workers_read_every_epoch_of_an_experience(files):
     pids = set()
     for order in orders:
         batches = list(iterate_minibatches(files, 5, shuffle=False, indices=order, loader=loader))
-        assert [len(b[1]) for b in batches] == [5, 5, 2]
+        assert [len(b[1]) for b in batches] == [5, 5, 2] and all(isinstance(b, tuple) for b in batches)
         x = torch.cat([b[0] for b in batches])
         assert x[:, 0].long().tolist() == order.tolist()  # the epoch's order, minibatch by minibatch
         assert torch.cat([b[1] for b in batches]).tolist() == (order % 3).tolist()
