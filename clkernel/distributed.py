@@ -26,19 +26,19 @@ __all__ = ["all_reduce_sum", "barrier", "broadcast_object", "init_from_environme
 
 
 def is_distributed() -> bool:
-    """True when a ``torch.distributed`` process group is initialised with more than one process."""
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and \
-        torch.distributed.get_world_size() > 1
+    """True when a ``torch.distributed`` process group is initialised (one process in it included: the loop then
+    trains through DDP and reduces over the group, which is how a single GPU runs the NCCL path)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def rank() -> int:
     """This process's rank in the initialised process group; 0 without one."""
-    return torch.distributed.get_rank() if _initialised() else 0
+    return torch.distributed.get_rank() if is_distributed() else 0
 
 
 def world_size() -> int:
     """The number of processes in the initialised process group; 1 without one."""
-    return torch.distributed.get_world_size() if _initialised() else 1
+    return torch.distributed.get_world_size() if is_distributed() else 1
 
 
 def shard_indices(n: int) -> torch.Tensor:
@@ -94,14 +94,10 @@ def init_from_environment(timeout_s: float = 300.0) -> bool:
     :returns: True when this call initialised the group (the caller destroys it at the end).
     :raises RuntimeError: from ``torch.distributed`` when the rendezvous fails.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or _initialised():
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
         return False
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
     return True
-
-
-def _initialised() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()

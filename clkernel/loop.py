@@ -123,9 +123,9 @@ class Strategy:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         from clkernel import distributed
 
-        rank, world_size = distributed.rank(), distributed.world_size()
+        rank, world_size, self._distributed = distributed.rank(), distributed.world_size(), distributed.is_distributed()
         if device is None and torch.cuda.is_available():
-            device = torch.device("cuda", torch.cuda.current_device()) if world_size > 1 else "cuda"
+            device = torch.device("cuda", torch.cuda.current_device()) if self._distributed else "cuda"
         device = torch.device(device or "cpu")
         self.loader_options = _options(loader_options, torch.utils.data.DataLoader, "loader_options",
                                        ("dataset", "batch_size", "shuffle", "sampler", "batch_sampler", "drop_last"))
@@ -268,7 +268,7 @@ class Strategy:
         s.dataloader = self._loader = EpochLoader(s.dataset, s.train_mb_size, True, self.generator, rank=s.rank,
                                                   world_size=s.world_size, loader_options=self.loader_options)
         adapt_model(s.model, exp, optimizer=s.optimizer, device=s.device)
-        self._train_model = self._wrap(s.model) if s.world_size > 1 else s.model
+        self._train_model = self._wrap(s.model) if self._distributed else s.model
         first = 0
         if resume is not None:  # the epoch in progress: its order again, from the next minibatch on
             first, self._skip = resume["epoch"], resume["iteration"]

@@ -88,13 +88,13 @@ def test_code_lines_count_code_only(tmp_path):
 
 
 def test_kernel_stays_small_and_free_of_torchvision():
-    """Under 2,700 lines of code in the runtime modules (all but the testing kit; 2,200 before checkpoints, which
-    are kernel API: docs/design.md says why). Docstrings, comments and blank lines are not counted: the event
+    """Under 3,000 lines of code in the runtime modules (all but the testing kit; 2,200 before checkpoints and
+    2,700 before distributed runs, both kernel API: docs/design.md says why). Docstrings, comments and blank lines are not counted: the event
     spec's documentation (every event in the full template) is most of hookspecs.py and is documentation, not
     code."""
     runtime = [p for p in (ROOT / "clkernel").glob("*.py") if p.name != "testing.py"]  # the kit is for tests
     lines = sum(code_lines(p) for p in runtime)
-    assert lines < 2700, f"the kernel's runtime modules have {lines} lines of code"
+    assert lines < 3000, f"the kernel's runtime modules have {lines} lines of code"
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert not any("torchvision" in dep for dep in meta["project"]["dependencies"])
     code = "import sys, clkernel; clkernel.Strategy; print('torchvision' in sys.modules)"
