@@ -158,7 +158,8 @@ def test_composes_with_replay_and_the_default_metrics(blobs):
     assert 0.0 <= results["acc_stream/eval/test"] <= 1.0
     per_exp = len(probe.loss_terms) // 3
     assert all("lucir" not in t for t in probe.loss_terms[:per_exp])
-    assert all(t["lucir"] >= 0 and math.isfinite(t["lucir"]) for t in probe.loss_terms[per_exp:])
+    # >= 0 up to rounding: at an experience's first minibatch the model is its frozen copy and 1 - cos is ~ -6e-9
+    assert all(t["lucir"] >= -1e-6 and math.isfinite(t["lucir"]) for t in probe.loss_terms[per_exp:])
 
 
 @pytest.mark.parametrize("kwargs, match", [
