@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import clkernel
-from clkernel import CLDataset, Experience, TrainState
+from clkernel import CLDataset, Experience, TrainState, distributed
 from clkernel.validate import non_negative_number, positive_int
 from clkernel_replay import StoragePolicy, make_policy
 
@@ -206,6 +206,11 @@ class DER:
 
     @clkernel.hookimpl
     def before_training_exp(self, state: TrainState) -> None:
+        if distributed.is_distributed() and getattr(state.model, "takes_task_labels", False):
+            raise ValueError(f"{self.name}: with a model that takes task labels (one head per task), the replayed "
+                             f"samples run through old heads outside the loop's forward pass, which "
+                             f"DistributedDataParallel cannot reduce (those heads are unused in its forward); run it "
+                             f"in one process, without torchrun")
         self._prepare(state)
 
     def _restore(self, state: TrainState) -> None:

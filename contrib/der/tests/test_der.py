@@ -166,3 +166,16 @@ def test_derpp_beats_naive_on_split_digits():
     derpp = _final_accuracy([DERpp(mem_size=200, alpha=0.5, seed=0)], 0)
     assert naive < 0.3
     assert derpp > naive + 0.4, (naive, derpp)
+
+
+@pytest.mark.parametrize("cls", [DER, DERpp])
+def test_a_model_taking_task_labels_is_refused_in_a_distributed_run(monkeypatch, cls):
+    # The replayed samples of old tasks would run through old heads outside the loop's DDP forward pass.
+    import clkernel.distributed as dist
+
+    class TwoHeads(torch.nn.Module):
+        takes_task_labels = True
+
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    with pytest.raises(ValueError, match=r"der(pp)?: with a model that takes task labels .* run it in one process"):
+        cls(mem_size=4, seed=0).before_training_exp(types.SimpleNamespace(model=TwoHeads()))

@@ -123,6 +123,11 @@ class _AsymmetricReplay:
 
     @clkernel.hookimpl
     def before_training_exp(self, state: TrainState) -> None:
+        if distributed.is_distributed() and getattr(state.model, "takes_task_labels", False):
+            raise ValueError(f"{self.name}: with a model that takes task labels (one head per task), the replayed "
+                             f"samples run through old heads outside the loop's forward pass, which "
+                             f"DistributedDataParallel cannot reduce (those heads are unused in its forward); run it "
+                             f"in one process, without torchrun")
         self._start(state, update=True)
 
     @clkernel.hookimpl

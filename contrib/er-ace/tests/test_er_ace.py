@@ -193,3 +193,15 @@ def test_er_ace_and_er_aml_beat_naive_on_split_digits():
     aml = _final_accuracy([ERAML(mem_size=200, seed=0)], 0)
     assert naive < 0.3
     assert ace > naive + 0.4 and aml > naive + 0.4, (naive, ace, aml)
+
+
+def test_a_model_taking_task_labels_is_refused_in_a_distributed_run(monkeypatch):
+    # The replayed samples of old tasks would run through old heads outside the loop's DDP forward pass.
+    import clkernel.distributed as dist
+
+    class TwoHeads(torch.nn.Module):
+        takes_task_labels = True
+
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    with pytest.raises(ValueError, match="er-ace: with a model that takes task labels .* run it in one process"):
+        ERACE(mem_size=4, seed=0).before_training_exp(types.SimpleNamespace(model=TwoHeads()))

@@ -7,8 +7,13 @@ import socket
 import subprocess
 import sys
 import textwrap
+import types
 
+import pytest
 import torch
+
+import clkernel.distributed as dist
+from clkernel_mir import MIR
 
 SCRIPT = textwrap.dedent("""
     import sys
@@ -72,3 +77,13 @@ def test_two_ranks_retrieve_and_train_as_one_process_on_the_global_minibatch(tmp
         assert [r.tolist() for r in rank["retrieved"]] == [r.tolist() for r in one["retrieved"]]
         for name, p in one["model"].items():
             torch.testing.assert_close(rank["model"][name], p, rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_taking_task_labels_is_refused_in_a_distributed_run(monkeypatch):
+    # The retrieved samples of old tasks would run through old heads outside the loop's DDP forward pass.
+    class TwoHeads(torch.nn.Module):
+        takes_task_labels = True
+
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    with pytest.raises(ValueError, match="mir: with a model that takes task labels .* run it in one process"):
+        MIR(mem_size=4, seed=0).before_training_exp(types.SimpleNamespace(model=TwoHeads()))
