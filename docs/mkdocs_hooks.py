@@ -5,6 +5,7 @@
   on the site alike. A link is resolved where its file lies in the repository, then pointed at the page built
   from its target (``docs/tutorial.md`` from the README is ``tutorial.md`` on the site); MkDocs then checks it,
   and ``--strict`` fails the build on a link to a missing page or anchor.
+* The events' anchors of the hook reference (docs/hooks.md) are cross-reference targets of mkdocs-autorefs.
 * Every name in the ``__all__`` of the packages documented under ``api/`` must have an entry there (mkdocstrings
   leaves out what has no docstring): a public name without one is a warning, so ``--strict`` fails on it.
 """
@@ -31,6 +32,8 @@ EXTRA_PAGES = ("README.md", "plugins/*/README.md", "plugins/*/bench/*.md", "cont
 _LINK = re.compile(r"(\]\()([^)\s]+)(\))")
 _API_PAGE = re.compile(r"^api/(?P<module>[\w.]+)\.md$")
 _api_ids: dict[str, set[str]] = {}  # API page -> the ids of its entries, from on_page_content to on_env
+_api_modules: dict[str, set[str]] = {}  # API page -> the modules rendered on it
+_MODULE_HEADING = re.compile(r'<h\d id="([\w.]+)" class="doc doc-heading">\s*<code class="[^"]*doc-symbol-module"')
 
 
 def _repository_path(file: File) -> str:
@@ -69,21 +72,29 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
 
 
 def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
-    """Keep the entry ids of each API page, for :func:`on_env`."""
+    """Register each event's anchor of the hook reference with mkdocs-autorefs, so that a docstring's
+    ``:func:`after_run``` links to it; keep the entry ids of each API page, for :func:`on_env`."""
+    if page.file.src_uri == "hooks.md" and "autorefs" in config.plugins:
+        for event in re.findall(r'<a id="(\w+)"></a>', html):
+            config.plugins["autorefs"].register_anchor(page, event, event, primary=True)
     if _API_PAGE.match(page.file.src_uri):
         _api_ids[page.file.src_uri] = set(re.findall(r'id="([\w.]+)"', html))
+        _api_modules[page.file.src_uri] = set(_MODULE_HEADING.findall(html))
     return html
 
 
 def on_env(env: Any, config: Any, files: Files) -> Any:
-    """Warn about each public name of a module with an API page that has no entry on any API page."""
+    """Warn about each name in the ``__all__`` of a module on an API page (the page's module, and every module
+    rendered there) that has no entry on any API page."""
     ids = set().union(*_api_ids.values())
     for uri in sorted(_api_ids):
-        module = _API_PAGE.match(uri).group("module")
-        for name in getattr(importlib.import_module(module), "__all__", []):
-            if not name.startswith("__") and not any(re.fullmatch(rf"{re.escape(module)}(\.\w+)*\.{name}", i)
-                                                     for i in ids):
-                log.warning(f"{uri}: public name {module}.{name} has no entry: give it a docstring, or put the "
-                            f"module that defines it on an API page")
+        modules = {_API_PAGE.match(uri).group("module"), *_api_modules[uri]}
+        for module in sorted(modules):
+            for name in getattr(importlib.import_module(module), "__all__", []):
+                entry = re.compile(rf"{re.escape(module)}(\.\w+)*\.{name}")
+                if not name.startswith("__") and not any(entry.fullmatch(i) for i in ids):
+                    log.warning(f"{uri}: public name {module}.{name} has no entry: give it a docstring, or put the "
+                                f"module that defines it on an API page")
+    _api_modules.clear()
     _api_ids.clear()
     return env

@@ -2,7 +2,8 @@
 
 The whole site is built once (about 20 s): every page, the API reference from the docstrings, every link and
 anchor checked. A second, tiny site (one page, one API page over a module written here) shows that a broken link,
-a broken anchor and a public name without a docstring each fail the build, named in its output.
+a broken anchor, a public name without a docstring and a docstring's reference (``:func:`name```) to nothing each
+fail the build, named in its output.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def test_the_strict_build_fails_on_broken_links_and_undocumented_names(tmp_path:
         __all__ = ["documented", "undocumented"]
 
         def documented() -> None:
-            """Does nothing."""
+            """Does nothing, unlike :func:`no_such_function`; returns no :class:`int`."""
 
         def undocumented() -> None:
             pass
@@ -82,7 +83,13 @@ def test_the_strict_build_fails_on_broken_links_and_undocumented_names(tmp_path:
         validation: {{anchors: warn, unrecognized_links: warn}}
         plugins:
           - mkdocstrings:
-              handlers: {{python: {{paths: [{tmp_path}], options: {{show_root_heading: true}}}}}}
+              handlers:
+                python:
+                  paths: [{tmp_path}]
+                  options:
+                    show_root_heading: true
+                    docstring_style: sphinx
+                    extensions: ["{ROOT / "docs" / "griffe_extensions.py"}:SphinxRoles"]
         nav: [index.md, api/sitecheck.md]
     """))
     proc = mkdocs("--site-dir", str(tmp_path / "site"), cwd=tmp_path, pythonpath=tmp_path)
@@ -90,3 +97,5 @@ def test_the_strict_build_fails_on_broken_links_and_undocumented_names(tmp_path:
     assert "'missing.md'" in proc.stderr
     assert "'#no-such-heading'" in proc.stderr
     assert "sitecheck.undocumented has no entry" in proc.stderr and "sitecheck.documented " not in proc.stderr
+    assert "cross-reference target 'no_such_function'" in proc.stderr  # roles are cross-references
+    assert "target 'int'" not in proc.stderr  # built-in names are shown as code
