@@ -107,6 +107,9 @@ def _canonical(path: str) -> str | None:
                 where = obj.__name__
             elif (inspect.isclass(obj) or inspect.isfunction(obj)) and "<" not in obj.__qualname__:
                 where = f"{obj.__module__}.{obj.__qualname__}"
+            elif inspect.isclass(parent):  # a property or attribute: where the class that defines it is
+                owner = next((k for k in parent.__mro__ if name in vars(k)), parent)
+                where = f"{owner.__module__}.{owner.__qualname__}.{name}"
             else:
                 where = f"{where}.{name}"
             obj = obj.__func__ if isinstance(obj, (classmethod, staticmethod)) else obj
@@ -123,6 +126,8 @@ def _scope_path(obj: griffe.Object, target: str) -> str | None:
             found = scope.resolve(first)
             return f"{found}.{rest}" if rest else found
         except (griffe.NameResolutionError, AttributeError, KeyError):
+            if isinstance(scope, griffe.Class) and _canonical(f"{scope.path}.{first}"):  # an inherited member
+                return f"{scope.path}.{target}"
             scope = scope.parent
     package = obj.path.split(".", 1)[0]
     for candidate in (f"{package}.{target}", target):
