@@ -612,6 +612,7 @@ class EpochLoader:
         self.rank, self.world_size, self.loader_options = rank, world_size, loader_options
         self.resume: tuple[int, torch.Tensor] | None = None
         self.epoch_state: torch.Tensor | None = None
+        self._reader: MinibatchLoader | None = None  # data not in memory: one DataLoader for every epoch
 
     def _order(self) -> tuple[torch.Tensor | None, int]:
         """This epoch's sample indices for this rank (None: all, in order) and the minibatches to skip."""
@@ -632,8 +633,9 @@ class EpochLoader:
         order, skip = self._order()
         if order is not None:
             order = order[skip * self.batch_size:]
-        return iterate_minibatches(self.dataset, self.batch_size, shuffle=False, indices=order,
-                                   loader_options=self.loader_options)
+        if self._reader is None and not self.dataset.is_batched:  # its workers persist when the options say so
+            self._reader = MinibatchLoader(self.dataset, self.loader_options)
+        return iterate_minibatches(self.dataset, self.batch_size, shuffle=False, indices=order, loader=self._reader)
 
     def __len__(self) -> int:
         """Minibatches per epoch on this rank."""

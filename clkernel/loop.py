@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping
 from clkernel.log import get_logger
 import torch
 
-from clkernel.data import EpochLoader
+from clkernel.data import EpochLoader, set_batch_reader_options
 from clkernel.dispatch import Dispatcher, PluginError, compose
 from clkernel.modules import DynamicModule, adapt_model, eval_mode, model_forward, update_optimizer
 from clkernel.state import TrainState
@@ -154,6 +154,7 @@ class Strategy:
         self._loader: EpochLoader | None = None
         self._skip = 0  # minibatches of the next epoch already trained (resuming inside it)
         self._train_model: torch.nn.Module = model  # what training calls: the model, or its DDP wrapper
+        self._reader_options: dict[str, Any] | None = None  # get_batch's reader options before this run's
 
     # ------------------------------------------------------------------ dispatch
 
@@ -166,6 +167,8 @@ class Strategy:
         self._log_metrics = self.dispatcher.functions("log_metrics")
         if not self._started:
             self._started = True
+            if self.loader_options:  # replay buffers over files are read with the training data's workers
+                self._reader_options = set_batch_reader_options(self.loader_options)
             self._fire("before_run")
 
     def _fire(self, event: str) -> None:
@@ -195,6 +198,8 @@ class Strategy:
             self.state.outcome = "completed"
         if not self._started:
             return []
+        if self._reader_options is not None:
+            set_batch_reader_options(self._reader_options)
         try:
             self._fire("after_run")
         finally:  # files written before a failing after_run are still reported
