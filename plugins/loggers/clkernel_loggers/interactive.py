@@ -258,10 +258,15 @@ class InteractiveLogger:
                 else f"eval {state.stream_name}")
         if self._bar is None:
             self._open_bar(total, desc)
-        else:
-            self._bar.reset(total=total)
-            self._bar.set_postfix_str("", refresh=False)  # the values shown were the previous experience's
-            self._bar.set_description(desc, refresh=False)
+        else:  # no redraw now (the experience's first redraw shows it): one redraw less per experience
+            bar = self._bar
+            bar.refresh = _no_redraw  # tqdm's reset redraws; this instance attribute hides the method meanwhile
+            try:
+                bar.reset(total=total)
+            finally:
+                del bar.refresh
+            bar.set_postfix_str("", refresh=False)  # the values shown were the previous experience's
+            bar.set_description(desc, refresh=False)
 
     @clkernel.hookimpl
     def after_eval_iteration(self, state: TrainState) -> None:
@@ -400,6 +405,10 @@ class InteractiveLogger:
         if self.run_dir is not None:
             lines.append(f"== run folder: {os.fspath(self.run_dir)}")
         return lines
+
+
+def _no_redraw(*args: Any, **kwargs: Any) -> None:
+    return None
 
 
 def _plain(value: Any) -> Any:

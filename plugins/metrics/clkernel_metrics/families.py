@@ -21,6 +21,7 @@ process's memory).
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Callable, Iterable
 
 import torch
@@ -120,7 +121,7 @@ class _MeanFamily(PluginMetric):
             self._exp.add(self.numerator(chunk), chunk.n)  # the stream's values come from the experiences
 
     def _name(self, granularity: str, phase: str, state: TrainState, exp: int | None = None) -> str:
-        return metric_name(self.quantity, granularity, phase, state.stream_name, exp=exp)
+        return _metric_name(self.quantity, granularity, phase, state.stream_name, exp)
 
     def before_training_epoch(self, state: TrainState) -> None:
         self._epoch.reset()
@@ -170,33 +171,39 @@ class _MeanFamily(PluginMetric):
         _sum_mean(self._exp)
         if self._exp.count == 0:
             return None
-        total, n = _as_tensor(self._exp.total), self._exp.count
-        self._exps.append((total, n))
+        n = self._exp.count
+        entry: list[Any] = [0.0, n]  # the total, as a number once resolved (with this boundary's values)
+        self._exps.append(entry)
         if state.experience is not None:
             self._tasks.update(state.experience.task_labels)
-        if self.experience:
-            return {self._name("exp", "eval", state, _exp_index(state)): _ratio(total, n)}
-        return None
+        experience = self.experience
+
+        def value(t: torch.Tensor) -> float | None:
+            entry[0] = t.item()
+            return entry[0] / n if experience else None
+
+        name = self._name("exp", "eval", state, _exp_index(state)) if experience else f"#{id(self)}"
+        return {name: Deferred(_as_tensor(self._exp.total), value)}
 
     def after_eval(self, state: TrainState) -> dict[str, Any] | None:
         if not self.stream or not self._exps:
             return None
-        counts = [n for _, n in self._exps]
-        pooled, mean = self._name("stream", "eval", state), self._name("exp_mean", "eval", state)
-
-        def stream_values(totals: torch.Tensor) -> dict[str, float]:
-            values = totals.tolist()
-            return {pooled: sum(values) / sum(counts),  # every sample weighs the same
-                    mean: sum(v / n for v, n in zip(values, counts)) / len(counts)}  # every experience does
-
-        totals = self._exps[0][0].reshape(1) if len(self._exps) == 1 else torch.stack(
-            [t.reshape(()).to(torch.float64) for t, _ in self._exps])
-        return {f"#{self.quantity}_stream": Deferred(totals, stream_values, expand=True)}
+        # the experiences' totals were resolved at their ends: numbers, no tensor work left
+        totals, counts = [t for t, _ in self._exps], [n for _, n in self._exps]
+        return {self._name("stream", "eval", state): sum(totals) / sum(counts),  # every sample weighs the same
+                self._name("exp_mean", "eval", state):  # every experience does
+                sum(t / n for t, n in zip(totals, counts)) / len(counts)}
 
 
 def _sum_mean(mean: Mean) -> None:
     """``mean``'s sum and count summed over the ranks (nothing in one process)."""
     mean.total, mean.count = sum_over_ranks([mean.total, mean.count])  # type: ignore[assignment]
+
+
+@lru_cache(maxsize=4096)
+def _metric_name(quantity: str, granularity: str, phase: str, stream: str, exp: int | None) -> str:
+    """:func:`clkernel.metric_name`, remembered (the same names come back at every boundary)."""
+    return metric_name(quantity, granularity, phase, stream, exp=exp)
 
 
 def _as_tensor(x: torch.Tensor | float) -> torch.Tensor:
@@ -237,9 +244,10 @@ class AccuracyMetrics(_MeanFamily):
         self._exp_task = labels[0] if len(labels) == 1 else None
 
     def after_eval_exp(self, state: TrainState) -> dict[str, Any] | None:
-        if self._exp.count:
+        out = super().after_eval_exp(state)
+        if self._exp.count:  # summed over the ranks now
             self._exp_tasks.append(self._exp_task)
-        return super().after_eval_exp(state)
+        return out
 
     def after_eval(self, state: TrainState) -> dict[str, Any] | None:
         out = super().after_eval(state)
@@ -247,28 +255,23 @@ class AccuracyMetrics(_MeanFamily):
             return out
         self._task_counts, = sum_over_ranks([self._task_counts], same_shapes=False)  # type: ignore[assignment]
         # experiences with one task label count as a whole for it; the others were counted per sample
-        single = [(t, n) for t, (_, n) in zip(self._exp_tasks, self._exps) if t is not None]
-        parts = [total.reshape(()).to(torch.float64) for t, (total, _) in zip(self._exp_tasks, self._exps)
-                 if t is not None]
-        tensor = torch.stack(parts) if parts else torch.zeros(0, dtype=torch.float64)
-        if self._task_counts is not None:
-            tensor = torch.cat([tensor.to(self._task_counts.device), self._task_counts.reshape(-1).to(torch.float64)])
+        right: dict[int, float] = {}
+        seen: dict[int, float] = {}
+        for t, (r, n) in zip(self._exp_tasks, self._exps):
+            if t is not None:
+                right[t], seen[t] = right.get(t, 0.0) + r, seen.get(t, 0.0) + n
         stream = state.stream_name
 
         def per_task(values: torch.Tensor) -> dict[str, float]:
-            right: dict[int, float] = {}
-            seen: dict[int, float] = {}
-            flat = values.tolist()
-            for (t, n), r in zip(single, flat):
-                right[t], seen[t] = right.get(t, 0.0) + r, seen.get(t, 0.0) + n
-            counts = flat[len(single):]
+            counts = values.reshape(-1).tolist()
             for t in range(len(counts) // 2):
                 wrong, r = counts[2 * t], counts[2 * t + 1]
                 right[t], seen[t] = right.get(t, 0.0) + r, seen.get(t, 0.0) + wrong + r
             return {metric_name("acc", "stream", "eval", stream, task=t): right[t] / seen[t]
                     for t in sorted(seen) if seen[t] > 0}
 
-        out["#per_task"] = Deferred(tensor, per_task, expand=True)
+        out["#per_task"] = Deferred(self._task_counts if self._task_counts is not None else torch.zeros(0), per_task,
+                                    expand=True)
         return out
 
 
@@ -464,7 +467,7 @@ class AccuracyMatrixMetrics(PluginMetric):
         self._complete = True  # False after a mini-experience that is not the last of its origin experience
         self._in_experience = False
         self._current = Mean()
-        self._pending: list[tuple[int, torch.Tensor, int]] = []
+        self._pending: list[list[Any]] = []  # [origin experience, number right, samples] per evaluated experience
         self._warned = False
 
     def update(self, chunk: Chunk) -> None:
@@ -486,32 +489,36 @@ class AccuracyMatrixMetrics(PluginMetric):
     def before_eval_exp(self, state: TrainState) -> None:
         self._current.reset()
 
-    def after_eval_exp(self, state: TrainState) -> None:
+    def after_eval_exp(self, state: TrainState) -> dict[str, Any] | None:
         _sum_mean(self._current)
-        if self._current.count:
-            self._pending.append((_origin(state)[0], _as_tensor(self._current.total), self._current.count))
+        if not self._current.count:
+            return None
+        entry: list[Any] = [_origin(state)[0], 0.0, self._current.count]  # the number right, once resolved
+        self._pending.append(entry)
+
+        def record(t: torch.Tensor) -> dict[str, Any]:
+            entry[1] = t.item()
+            return {}
+
+        return {f"#{id(self)}": Deferred(_as_tensor(self._current.total), record, expand=True)}
 
     def after_eval(self, state: TrainState) -> dict[str, Any] | None:
         if self._in_experience or not self._complete or not self._pending:
             return None  # inside a training experience, or inside an origin experience of an online stream
         pending, trained, stream = self._pending, self._trained, state.stream_name
         self._pending = []
-        tensor = torch.stack([t.reshape(()).to(torch.float64) for _, t, _ in pending])
-
-        def record(values: torch.Tensor) -> dict[str, Any]:
-            acc = self.matrices.setdefault(stream, AccuracyMatrix())
-            right: dict[int, float] = {}
-            seen: dict[int, int] = {}
-            for (j, _, n), v in zip(pending, values.tolist()):  # mini-experiences pool into their origin
-                right[j], seen[j] = right.get(j, 0.0) + v, seen.get(j, 0) + n
-            for j in right:
-                acc.update(trained, j, right[j] / seen[j])
-            if trained is None:  # the evaluation before training: b
-                wanted = self.matrix or self.fwt
-                return {metric_name(INITIAL_ACCURACY, "stream", "eval", stream): acc.initial()} if wanted else {}
-            return self._values(stream)
-
-        return {"#accuracy_matrix": Deferred(tensor, record, expand=True)}
+        # the experiences' numbers right were resolved at their ends: numbers, no tensor work left
+        acc = self.matrices.setdefault(stream, AccuracyMatrix())
+        right: dict[int, float] = {}
+        seen: dict[int, int] = {}
+        for j, v, n in pending:  # mini-experiences pool into their origin
+            right[j], seen[j] = right.get(j, 0.0) + v, seen.get(j, 0) + n
+        for j in right:
+            acc.update(trained, j, right[j] / seen[j])
+        if trained is None:  # the evaluation before training: b
+            wanted = self.matrix or self.fwt
+            return {metric_name(INITIAL_ACCURACY, "stream", "eval", stream): acc.initial()} if wanted else None
+        return self._values(stream)
 
     def _values(self, stream: str) -> dict[str, Any]:
         acc = self.matrices[stream]
