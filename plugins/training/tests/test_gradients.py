@@ -24,11 +24,13 @@ def optimizer(name: str, model: torch.nn.Module) -> torch.optim.Optimizer:
 
 def plain_loop(model: torch.nn.Module, opt: torch.optim.Optimizer, dataset: Any, batch: int, epochs: int,
                seed: int) -> None:
-    """A hand-written PyTorch loop over the same sample order as the kernel's loader (one randperm per epoch)."""
+    """A hand-written PyTorch loop over the same sample order as the kernel's loader: each epoch, the order of a
+    ``DistributedSampler`` (one process) seeded by a number drawn from the loop's generator."""
     x, y, _ = dataset.get_batch(torch.arange(len(dataset)))
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
-        order = torch.randperm(len(dataset), generator=g)
+        epoch_seed = int(torch.randint(2 ** 31, (1,), generator=g))
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(epoch_seed))
         for start in range(0, len(dataset), batch):
             idx = order[start:start + batch]
             opt.zero_grad()
