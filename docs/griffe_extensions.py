@@ -157,9 +157,8 @@ class SphinxRoles(griffe.Extension):
         path = _scope_path(obj, target)
         event = target.rsplit(".", 1)[-1]
         if event in events and (path is None or path.endswith(f".{event}")):
-            return f"[{shown}][{event}]"  # the event, or a plugin's implementation of it: the hook reference
-        if path is None and target in events:
-            return f"[{shown}][{target}]"  # an anchor of the hook reference (docs/mkdocs_hooks.py registers them)
+            # the event, or a plugin's implementation of it: an anchor of the hook reference (docs/mkdocs_hooks.py)
+            return f"[{shown}][{event}]"
         canonical = _canonical(path) if path else None
         if canonical is None:
             if _OURS.match(target.split(".", 1)[0]) or path is None:
