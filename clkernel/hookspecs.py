@@ -128,8 +128,11 @@ __all__ = ["EVENTS", "ITERATION_EVENTS", "PROJECT", "REGISTRATION_FREQUENCY", "R
            "EventSpec", "HookDoc", "RegistrationHooks", "TrainingEvents", "hook_doc", "hookimpl", "hookspec",
            "plain_text", "spec_arguments", "spec_summary"]
 
+#: The pluggy project name of the events and of the registration hooks.
 PROJECT = "clkernel"
+#: Marks the event specifications (this module's, not plugins').
 hookspec = pluggy.HookspecMarker(PROJECT)
+#: Marks a plugin's method as the implementation of the event of the same name: ``@clkernel.hookimpl``.
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
@@ -1061,7 +1064,7 @@ class RegistrationHooks:
 #: The registration hooks, in the order the registry runs them.
 REGISTRATION_HOOKS: tuple[str, ...] = ("register_benchmarks", "register_models", "register_plugins",
                                        "register_metrics", "register_loggers")
-#: When the registration hooks run, in the words of :attr:`EventSpec.frequency`.
+#: When the registration hooks run, in the words of the ``frequency`` of an :class:`EventSpec`.
 REGISTRATION_FREQUENCY = "once per entry point, when the registry is built"
 
 # ---------------------------------------------------------------------------------------------------- rendering

@@ -608,7 +608,8 @@ def run(strategy: Strategy, benchmark: Benchmark, *, train_stream: str = "train"
     :returns: the last value of every metric logged during the run (numbers, tensors, or whatever the metrics
         logged). ``strategy.close()`` (idempotent) then returns the files the plugins wrote.
     :raises KeyError: naming the stream and the benchmark's streams, for an unknown stream name.
-    :raises PluginError, NonFiniteLossError: as :meth:`Strategy.train`; the strategy is closed all the same.
+    :raises PluginError: as :meth:`Strategy.train`; the strategy is closed all the same.
+    :raises NonFiniteLossError: as :meth:`Strategy.train`; the strategy is closed all the same.
     :raises CheckpointError: for a checkpoint that cannot be loaded (the strategy is then left as it was).
     """
     names = (eval_streams,) if isinstance(eval_streams, str) else tuple(eval_streams)

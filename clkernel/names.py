@@ -26,6 +26,7 @@ __all__ = ["GRANULARITIES", "PHASES", "MetricName", "metric_name", "parse_metric
 
 #: Granularity suffixes, longest first so that parsing picks ``exp_mean`` over ``exp``.
 GRANULARITIES: tuple[str, ...] = ("running_epoch", "exp_mean", "stream", "epoch", "exp", "mb")
+#: The phases: training and evaluation.
 PHASES: tuple[str, ...] = ("train", "eval")
 _KEYS = ("exp", "task", "class")
 

@@ -44,7 +44,7 @@ class PrototypeClassifier(torch.nn.Module):
     :raises ValueError: for a size that is not a positive integer.
 
     ``forward(features)``: features float ``(B, D)`` (any scale: they are normalised) -> scores float ``(B, C)``,
-    ``cos(features, p_c)`` for the classes that have a prototype (:attr:`seen`), :data:`UNSEEN_SCORE` for the others;
+    ``cos(features, p_c)`` for the classes that have a prototype (the boolean buffer ``seen``), :data:`UNSEEN_SCORE` for the others;
     the argmax is the nearest prototype.
     """
 

@@ -230,7 +230,10 @@ class ERAML(_AsymmetricReplay):
     :param same_task_neg: draw negatives among buffer samples of the incoming sample's task label.
     :param feature_layer: name of the submodule (``model.named_modules()``) whose output are the features; default:
         the input of the model's last ``torch.nn.Linear`` (the classifier's input).
-    :param mem_size, batch_size_mem, storage_policy, seed: as :class:`ERACE`.
+    :param mem_size: as :class:`ERACE`.
+    :param batch_size_mem: as :class:`ERACE`.
+    :param storage_policy: as :class:`ERACE`.
+    :param seed: as :class:`ERACE`.
     :raises ValueError: as :class:`ERACE`, or for a temperature that is not positive; in ``before_training_exp``,
         for a ``feature_layer`` the model lacks (or a model with no Linear layer), naming the option.
     """

@@ -262,7 +262,9 @@ class GSSGreedyBuffer(ParametricBuffer):
     selection; on whole experiences, the whole experience is streamed through the selection at its end.
 
     :param max_size: the buffer's capacity.
-    :param mem_strength, batch_size, batch_threshold: as :class:`GSSGreedySelection`.
+    :param mem_strength: as :class:`GSSGreedySelection`.
+    :param batch_size: as :class:`GSSGreedySelection`.
+    :param batch_threshold: as :class:`GSSGreedySelection`.
     :param seed: seeds the selection's draws (default: drawn from torch's global generator).
     :raises ValueError: for a size or count that is not a positive integer.
     """

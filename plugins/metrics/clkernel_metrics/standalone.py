@@ -1,6 +1,6 @@
 """Metrics usable on their own, outside the training loop: ``update(...)``, ``result()``, ``reset()``.
 
-Accumulators stay on the device of the tensors they are given; only :meth:`result` synchronises. The
+Accumulators stay on the device of the tensors they are given; only ``result()`` synchronises. The
 :class:`~clkernel_metrics.Evaluator` drives the same classes inside the loop.
 
 Accuracy-matrix metrics follow Lopez-Paz & Ranzato (2017, GEM) and Chaudhry et al. (2018, RWalk): ``R[i, j]``

@@ -49,8 +49,10 @@ __all__ = ["BATCH_METRICS", "BATCH_PARAMS", "MATRIX_METRIC", "STATUSES", "Mlflow
 
 #: The MLflow run status of each run outcome (``state.outcome``).
 STATUSES = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
-#: Metric values sent in one ``log_batch`` call at most (MLflow's limit), parameters per call.
-BATCH_METRICS, BATCH_PARAMS = 1000, 100
+#: Metric values sent in one ``log_batch`` call at most (MLflow's limit).
+BATCH_METRICS = 1000
+#: Parameters sent in one ``log_batch`` call at most (MLflow's limit).
+BATCH_PARAMS = 100
 #: The first part of the accuracy matrices' names (clkernel-metrics' naming scheme).
 MATRIX_METRIC = "accuracy_matrix_stream"
 _WHO = "mlflow"

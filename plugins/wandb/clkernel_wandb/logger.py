@@ -47,6 +47,7 @@ EXIT_CODES = {"completed": 0, "failed": 1, "interrupted": 255}
 STEP_METRIC = "iteration"
 #: The first part of the accuracy matrices' names, and of the initial accuracies' (clkernel-metrics' names).
 MATRIX_METRIC = "accuracy_matrix_stream"
+#: The first part of the names of the initial accuracies (before any training), clkernel-metrics' names.
 INITIAL_METRIC = "accuracy_initial_stream"
 
 _WHO = "wandb"
