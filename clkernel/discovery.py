@@ -40,7 +40,8 @@ FIRST_PARTY = {
     "model": {"clkernel-models": "simple-mlp simple-cnn slim-resnet18 mt-simple-mlp mt-simple-cnn",
               "clkernel-pnn": "pnn"},
     "plugin": {"clkernel-replay": "replay gdumb cumulative joint", "clkernel-ewc": "ewc", "clkernel-lwf": "lwf",
-               "clkernel-training": "lr-scheduler early-stopping grad-clip amp grad-accumulation ema"},
+               "clkernel-training": "lr-scheduler early-stopping grad-clip amp grad-accumulation ema "
+                                    "channels-last compile"},
     "metric": {"clkernel-metrics": "default accuracy loss top-k class-accuracy confusion-matrix accuracy-matrix "
                                    "forgetting bwt fwt cl timing cpu ram gpu disk"},
     "logger": {"clkernel-loggers": "interactive report text csv jsonl tensorboard", "clkernel-wandb": "wandb",

@@ -12,7 +12,9 @@ experience and stream):
 
 Each run is its own process (``--child``), measured by this script: training and evaluation time (printed by
 the child), whole-process wall time (from spawn to exit: interpreter, imports, data, work) and peak RSS
-(the child's own VmHWM). Runs are interleaved (plain, clkernel, Avalanche, plain, ...) and the medians of ``--repeats``
+(the child's own VmHWM), each also as CPU time (the process's user + system time, which leaves out time
+slicing with other jobs; on a shared machine whose cores share caches and memory bandwidth it still grows with
+their load). Runs are interleaved (plain, clkernel, Avalanche, plain, ...) and the medians of ``--repeats``
 are printed with the ratios: clkernel / plain for train, eval, train + eval and whole process; Avalanche /
 clkernel for train + eval.
 
@@ -72,7 +74,7 @@ def experience_indices(y, exp: int):
 
 # ---------------------------------------------------------------------- the plain loop
 
-def child_plain(row: str, data, seed: int) -> tuple[float, float]:
+def child_plain(row: str, data, seed: int) -> tuple[float, float, float, float]:
     """Naive, Replay, EWC and GDumb by hand, with the metrics the libraries compute (accuracy and loss per
     epoch, per evaluated experience and per stream)."""
     import torch
@@ -87,28 +89,31 @@ def child_plain(row: str, data, seed: int) -> tuple[float, float]:
     mem_x = mem_y = None
     seen = 0
     importances: list[tuple[dict, dict]] = []
-    train_time = eval_time = 0.0
+    train_time = eval_time = train_cpu = eval_cpu = 0.0
     for exp in range(N_EXP):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         idx = experience_indices(train_y, exp)
         xe, ye = train_x[idx], train_y[idx]
         if row == "gdumb":  # class-balanced memory filled greedily, then the model reset and trained on it
-            for i in range(len(ye)):
-                x1, y1 = xe[i:i + 1], ye[i:i + 1]
-                if mem_x is None:
-                    mem_x, mem_y = x1, y1
-                elif len(mem_y) < cfg["mem_size"]:
-                    mem_x, mem_y = torch.cat([mem_x, x1]), torch.cat([mem_y, y1])
+            if mem_x is None:  # preallocated: a sample is written in place, never concatenated
+                mem_x, mem_y = xe.new_empty((cfg["mem_size"], *xe.shape[1:])), ye.new_empty(cfg["mem_size"])
+                counts = [0] * 10
+            for i, label in enumerate(ye.tolist()):
+                if seen < cfg["mem_size"]:
+                    j = seen
+                    seen += 1
+                elif counts[label] < cfg["mem_size"] // (sum(c > 0 for c in counts) + (counts[label] == 0)):
+                    big = max(range(10), key=counts.__getitem__)  # the largest class gives up its last sample
+                    j = int((mem_y == big).nonzero()[-1])
+                    counts[big] -= 1
                 else:
-                    counts = torch.bincount(mem_y, minlength=10)
-                    if counts[y1] < cfg["mem_size"] // int((counts > 0).sum() + (counts[y1] == 0)):
-                        big = int(counts.argmax())
-                        j = int((mem_y == big).nonzero()[-1])
-                        mem_x[j], mem_y[j] = x1[0], y1[0]
+                    continue
+                mem_x[j], mem_y[j] = xe[i], label
+                counts[label] += 1
             torch.manual_seed(seed)
             model = make_model(cfg["hidden"])
             optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"])
-            xe, ye = mem_x, mem_y
+            xe, ye = mem_x[:seen], mem_y[:seen]
         model.train()
         for _ in range(cfg["epochs"]):
             correct, loss_sum, n = torch.zeros((), dtype=torch.long), torch.zeros(()), 0
@@ -153,8 +158,8 @@ def child_plain(row: str, data, seed: int) -> tuple[float, float]:
                 batches += 1
             importances.append(({name: p.detach().clone() for name, p in model.named_parameters()},
                                 {name: f / batches for name, f in fisher.items()}))
-        train_time += time.perf_counter() - start
-        start = time.perf_counter()
+        train_time, train_cpu = train_time + time.perf_counter() - start, train_cpu + time.process_time() - cpu
+        start, cpu = time.perf_counter(), time.process_time()
         model.eval()
         with torch.no_grad():
             total_correct, total_loss, total = torch.zeros((), dtype=torch.long), torch.zeros(()), 0
@@ -170,13 +175,13 @@ def child_plain(row: str, data, seed: int) -> tuple[float, float]:
                 float(correct) / len(ti), float(loss_sum) / len(ti)  # the experience's accuracy and loss
                 total_correct, total_loss, total = total_correct + correct, total_loss + loss_sum, total + len(ti)
             float(total_correct) / total, float(total_loss) / total  # the stream's
-        eval_time += time.perf_counter() - start
-    return train_time, eval_time
+        eval_time, eval_cpu = eval_time + time.perf_counter() - start, eval_cpu + time.process_time() - cpu
+    return train_time, eval_time, train_cpu, eval_cpu
 
 
 # ---------------------------------------------------------------------- clkernel
 
-def child_clkernel(row: str, data, seed: int) -> tuple[float, float]:
+def child_clkernel(row: str, data, seed: int) -> tuple[float, float, float, float]:
     import torch
 
     import clkernel
@@ -199,23 +204,25 @@ def child_clkernel(row: str, data, seed: int) -> tuple[float, float]:
 
     class Timer:  # training and evaluation time, from the loop's own events
         def __init__(self) -> None:
-            self.train = self.eval = self._start = 0.0
+            self.train = self.eval = self.train_cpu = self.eval_cpu = self._start = self._cpu = 0.0
 
         @clkernel.hookimpl(tryfirst=True)
         def before_training_exp(self, state) -> None:
-            self._start = time.perf_counter()
+            self._start, self._cpu = time.perf_counter(), time.process_time()
 
         @clkernel.hookimpl(trylast=True)
         def after_training_exp(self, state) -> None:
             self.train += time.perf_counter() - self._start
+            self.train_cpu += time.process_time() - self._cpu
 
         @clkernel.hookimpl(tryfirst=True)
         def before_eval(self, state) -> None:
-            self._start = time.perf_counter()
+            self._start, self._cpu = time.perf_counter(), time.process_time()
 
         @clkernel.hookimpl(trylast=True)
         def after_eval(self, state) -> None:
             self.eval += time.perf_counter() - self._start
+            self.eval_cpu += time.process_time() - self._cpu
 
     timer = Timer()
     strategy = clkernel.Strategy(model, torch.optim.SGD(model.parameters(), lr=cfg["lr"]),
@@ -223,12 +230,12 @@ def child_clkernel(row: str, data, seed: int) -> tuple[float, float]:
                                  train_epochs=cfg["epochs"], eval_mb_size=cfg["eval_mb"], device="cpu",
                                  generator=torch.Generator().manual_seed(seed))
     clkernel.run(strategy, bench, eval_streams=("test",))
-    return timer.train, timer.eval
+    return timer.train, timer.eval, timer.train_cpu, timer.eval_cpu
 
 
 # ---------------------------------------------------------------------- Avalanche
 
-def child_avalanche(row: str, data, seed: int) -> tuple[float, float]:
+def child_avalanche(row: str, data, seed: int) -> tuple[float, float, float, float]:
     import torch
     from avalanche.benchmarks import nc_benchmark
     from avalanche.core import SupervisedPlugin
@@ -254,19 +261,21 @@ def child_avalanche(row: str, data, seed: int) -> tuple[float, float]:
     class Timer(SupervisedPlugin):
         def __init__(self) -> None:
             super().__init__()
-            self.train = self.eval = self._start = 0.0
+            self.train = self.eval = self.train_cpu = self.eval_cpu = self._start = self._cpu = 0.0
 
         def before_training_exp(self, strategy, **kwargs) -> None:
-            self._start = time.perf_counter()
+            self._start, self._cpu = time.perf_counter(), time.process_time()
 
         def after_training_exp(self, strategy, **kwargs) -> None:
             self.train += time.perf_counter() - self._start
+            self.train_cpu += time.process_time() - self._cpu
 
         def before_eval(self, strategy, **kwargs) -> None:
-            self._start = time.perf_counter()
+            self._start, self._cpu = time.perf_counter(), time.process_time()
 
         def after_eval(self, strategy, **kwargs) -> None:
             self.eval += time.perf_counter() - self._start
+            self.eval_cpu += time.process_time() - self._cpu
 
     timer = Timer()
     common = dict(train_mb_size=cfg["mb"], train_epochs=cfg["epochs"], eval_mb_size=cfg["eval_mb"], device="cpu",
@@ -284,7 +293,7 @@ def child_avalanche(row: str, data, seed: int) -> tuple[float, float]:
     for exp in bench.train_stream:
         strategy.train(exp, num_workers=0)
         strategy.eval(bench.test_stream, num_workers=0)
-    return timer.train, timer.eval
+    return timer.train, timer.eval, timer.train_cpu, timer.eval_cpu
 
 
 # ---------------------------------------------------------------------- the parent
@@ -339,13 +348,13 @@ def measure(python: str, impl: str, row: str, data: Path, seed: int) -> dict[str
     proc = subprocess.Popen([python, __file__, "--child", impl, row, str(data), str(seed)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
-    _, status, _ = os.wait4(proc.pid, 0)
+    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     out, err = proc.stdout.read(), proc.stderr.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{impl} {row} failed:\n{err[-3000:]}")
     result = json.loads(out.strip().splitlines()[-1])
-    return {**result, "wall": wall}
+    return {**result, "wall": wall, "cpu": usage.ru_utime + usage.ru_stime}
 
 
 def _peak_rss_mb() -> float:
@@ -373,8 +382,9 @@ def main() -> None:
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         run = {"plain": child_plain, "clkernel": child_clkernel, "avalanche": child_avalanche}[impl]
-        train, evaluation = run(row, load_data(data), int(seed))
-        print(json.dumps({"train": train, "eval": evaluation, "rss_mb": _peak_rss_mb()}))
+        train, evaluation, train_cpu, eval_cpu = run(row, load_data(data), int(seed))
+        print(json.dumps({"train": train, "eval": evaluation, "train_cpu": train_cpu, "eval_cpu": eval_cpu,
+                          "rss_mb": _peak_rss_mb()}))
         return
     impls = {"plain": sys.executable, "clkernel": sys.executable}
     if not args.no_avalanche:
@@ -389,20 +399,25 @@ def main() -> None:
                     r = measure(python, impl, row, data[row], seed=repeat)
                     results.setdefault((row, impl), []).append(r)
                     print(f"  {row:6} {impl:9} repeat {repeat}: train {r['train']:.2f} s, eval {r['eval']:.2f} s, "
-                          f"process {r['wall']:.1f} s, peak RSS {r['rss_mb']:.0f} MB", flush=True)
+                          f"process {r['wall']:.1f} s; CPU: train {r['train_cpu']:.2f} s, eval {r['eval_cpu']:.2f} s, "
+                          f"process {r['cpu']:.1f} s; peak RSS {r['rss_mb']:.0f} MB", flush=True)
     med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in results.items()}
     print(f"\nmedians of {args.repeats} interleaved runs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}")
-    print("| row | clkernel / plain: train | eval | train + eval | whole process | Avalanche / clkernel: "
-          "train + eval | process s: clkernel / plain / Avalanche | peak RSS MB: clkernel / plain / Avalanche |")
-    print("|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        c, p, a = med[row, "clkernel"], med[row, "plain"], med.get((row, "avalanche"))
-        both = lambda m: m["train"] + m["eval"]
-        avl = f"{both(a) / both(c):.2f}" if a else "-"
-        print(f"| {row} | {c['train'] / p['train']:.3f} | {c['eval'] / p['eval']:.3f} | {both(c) / both(p):.3f} | "
-              f"{c['wall'] / p['wall']:.3f} | {avl} | {c['wall']:.1f} / {p['wall']:.1f} / "
-              f"{a['wall'] if a else float('nan'):.1f} | {c['rss_mb']:.0f} / {p['rss_mb']:.0f} / "
-              f"{a['rss_mb'] if a else float('nan'):.0f} |")
+    for clock, (t, e, w) in {"wall-clock time": ("train", "eval", "wall"),
+                             "CPU time (user + system)":
+                             ("train_cpu", "eval_cpu", "cpu")}.items():
+        print(f"\n{clock}")
+        print("| row | clkernel / plain: train | eval | train + eval | whole process | Avalanche / clkernel: "
+              "train + eval | process s: clkernel / plain / Avalanche | peak RSS MB: clkernel / plain / Avalanche |")
+        print("|---|---|---|---|---|---|---|---|")
+        for row in rows:
+            c, p, a = med[row, "clkernel"], med[row, "plain"], med.get((row, "avalanche"))
+            both = lambda m: m[t] + m[e]
+            avl = f"{both(a) / both(c):.2f}" if a else "-"
+            print(f"| {row} | {c[t] / p[t]:.3f} | {c[e] / p[e]:.3f} | {both(c) / both(p):.3f} | "
+                  f"{c[w] / p[w]:.3f} | {avl} | {c[w]:.1f} / {p[w]:.1f} / "
+                  f"{a[w] if a else float('nan'):.1f} | {c['rss_mb']:.0f} / {p['rss_mb']:.0f} / "
+                  f"{a['rss_mb'] if a else float('nan'):.0f} |")
 
 
 if __name__ == "__main__":

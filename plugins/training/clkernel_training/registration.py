@@ -1,7 +1,8 @@
 """Entry point of clkernel-training: registers the training plugins by name (torch is imported in the factories).
 
-``lr-scheduler``, ``early-stopping``, ``grad-clip``, ``amp``, ``grad-accumulation`` and ``ema``; each factory's
-signature is what ``clkernel show plugin NAME`` prints and what ``--plugin NAME:key=value`` parses.
+``lr-scheduler``, ``early-stopping``, ``grad-clip``, ``amp``, ``grad-accumulation``, ``ema``, ``channels-last``
+and ``compile``; each factory's signature is what ``clkernel show plugin NAME`` prints and what
+``--plugin NAME:key=value`` parses.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from typing import Any, Callable
 
 import clkernel
 
-__all__ = ["PLUGINS", "amp", "early_stopping", "ema", "grad_accumulation", "grad_clip", "lr_scheduler",
-           "register_plugins"]
+__all__ = ["PLUGINS", "amp", "channels_last", "compile_model", "early_stopping", "ema", "grad_accumulation",
+           "grad_clip", "lr_scheduler", "register_plugins"]
 
 
 def lr_scheduler(scheduler: str, step_every: str = "epoch", reset_per_experience: bool = False,
@@ -101,10 +102,33 @@ def ema(decay: float = 0.999, every: int = 1, eval_with_ema: bool = True, warmup
                reset_per_experience=reset_per_experience)
 
 
+def channels_last() -> Any:
+    """The model's 4-D weights and the input images in channels-last memory format (faster convolutions).
+
+    Parameters stay the same objects with the same names; only the memory layout changes.
+    """
+    from clkernel_training.memory_format import ChannelsLast
+
+    return ChannelsLast()
+
+
+def compile_model(mode: str = "default", backend: str = "inductor", dynamic: bool | None = None,
+                  fullgraph: bool = False) -> Any:
+    """torch.compile the model in place when the run starts (nn.Module.compile: state_dict names unchanged).
+
+    mode: default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs (inductor only); backend: a
+    torch.compiler backend (inductor; eager or aot_eager to debug); dynamic: trace shapes as symbols (true,
+    false, or unset: after a shape changed); fullgraph: fail on a graph break. The first minibatches compile.
+    """
+    from clkernel_training.compile import Compile
+
+    return Compile(mode=mode, backend=backend, dynamic=dynamic, fullgraph=fullgraph)
+
+
 #: Registered name -> factory.
 PLUGINS: dict[str, Callable[..., Any]] = {
     "lr-scheduler": lr_scheduler, "early-stopping": early_stopping, "grad-clip": grad_clip, "amp": amp,
-    "grad-accumulation": grad_accumulation, "ema": ema,
+    "grad-accumulation": grad_accumulation, "ema": ema, "channels-last": channels_last, "compile": compile_model,
 }
 
 
