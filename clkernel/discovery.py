@@ -27,6 +27,7 @@ from clkernel.hookspecs import PROJECT, RegistrationHooks
 __all__ = ["ENTRY_POINT_GROUP", "FIRST_PARTY", "KINDS", "Component", "PluginSource", "Registry", "RegistryError",
            "available", "load", "parse_options", "registry", "reset_registry"]
 
+#: The entry-point group of plugin distributions: each entry point names a module of registration hooks.
 ENTRY_POINT_GROUP = "clkernel.plugins"
 #: Component kind -> the registration hook that fills it.
 KINDS = {"benchmark": "register_benchmarks", "model": "register_models", "plugin": "register_plugins",
@@ -36,7 +37,7 @@ DISABLE_VARIABLE = "CLKERNEL_DISABLE_PLUGINS"
 #: is answered with its distribution, installed or not. tests/test_install_hints.py keeps it in step.
 FIRST_PARTY = {
     "benchmark": {"clkernel-benchmarks": "split-digits split-mnist permuted-mnist rotated-mnist split-fmnist "
-                                         "split-cifar10 split-cifar100 split-tinyimagenet core50"},
+                                         "split-cifar10 split-cifar100 split-tinyimagenet core50 image-folder"},
     "model": {"clkernel-models": "simple-mlp simple-cnn slim-resnet18 mt-simple-mlp mt-simple-cnn",
               "clkernel-pnn": "pnn"},
     "plugin": {"clkernel-replay": "replay gdumb cumulative joint", "clkernel-ewc": "ewc", "clkernel-lwf": "lwf",
