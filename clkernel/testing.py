@@ -33,6 +33,9 @@ everything seeded: about a second) and checks, in this order:
 Each failure raises :class:`AssertionError` whose message names the plugin and the check. The kit needs the
 ``replay`` plugin, the ``default`` metric and the ``split-digits`` benchmark installed (clkernel-replay,
 clkernel-metrics, clkernel-benchmarks); it never imports torchvision.
+
+:func:`torchrun` launches a real distributed job (``torchrun`` on gloo) for a plugin's own tests of how it runs
+on several processes (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ import copy
 import inspect
 import io
 import math
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -57,7 +63,7 @@ from clkernel.loop import Strategy, run
 from clkernel.names import parse_metric_name
 from clkernel.types import Benchmark
 
-__all__ = ["CHECKS", "CheckResult", "check_training_plugin"]
+__all__ = ["CHECKS", "CheckResult", "check_training_plugin", "torchrun"]
 
 #: The checks of :func:`check_training_plugin`, in the order they run.
 CHECKS: tuple[str, ...] = ("options", "compose", "state_dict", "resume")
@@ -444,3 +450,28 @@ def _differs(a: Any, b: Any, path: str = "state", depth: int = 0) -> str | None:
     if hasattr(a, "__dict__"):
         return _differs(vars(a), vars(b), path, depth + 1)
     return None if a == b else f"{path} (not equal)"
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: float = 240, popen: bool = False,
+             env: Mapping[str, str] | None = None, **kwargs: Any) -> Any:
+    """A real ``torchrun --standalone --nproc_per_node=NPROC ARGS`` launch, for tests of distributed behaviour:
+    ``args`` are a script and its arguments, or ``-m clkernel run ...``. On a machine without CUDA the processes
+    join with gloo (a script calls ``torch.distributed.init_process_group("gloo")``, or
+    :func:`clkernel.distributed.init_from_environment`). Each process runs one thread (``OMP_NUM_THREADS=1``),
+    finds this interpreter's packages, and ``CLKERNEL_LOG_LEVEL`` is ``warning`` unless ``env`` says otherwise;
+    ``--standalone`` picks a free rendezvous port, so launches may run side by side.
+
+    :param env: variables added to the environment.
+    :param popen: return the running ``subprocess.Popen`` (stdout and stderr piped, text) instead of waiting, to
+        watch or kill the job.
+    :param kwargs: passed to ``subprocess.run`` / ``Popen`` (``cwd``...).
+    :returns: the ``subprocess.CompletedProcess`` (stdout and stderr captured, text), or the ``Popen``.
+    :raises subprocess.TimeoutExpired: when the job runs longer than ``timeout`` seconds (not with ``popen``).
+    """
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "CLKERNEL_LOG_LEVEL": "warning",
+                   "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), **(env or {})}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    if popen:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=environment, **kwargs)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment, **kwargs)

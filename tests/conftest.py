@@ -67,20 +67,3 @@ def run_cli() -> Callable[..., subprocess.CompletedProcess]:
 
     return run
 
-
-@pytest.fixture(scope="session")
-def torchrun() -> Callable[..., subprocess.CompletedProcess]:
-    """``torchrun(*args, cwd=..., timeout=...)``: a real ``torchrun --standalone --nproc_per_node=2`` launch (CPU,
-    gloo, one thread per process), output captured; clkernel logs warnings and errors only."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-           "CLKERNEL_LOG_LEVEL": "warning"}
-
-    def launch(*args: str, timeout: float = 240, popen: bool = False, **kwargs: object) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-        if popen:  # a running job, to watch and kill
-            return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                    **kwargs)  # type: ignore[return-value]
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
-
-    launch.env = env  # type: ignore[attr-defined]
-    return launch

@@ -4,7 +4,6 @@ events, the one orchestrator, rank-0 events, and a library that does not configu
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -260,10 +259,7 @@ RANKS_SCRIPT = textwrap.dedent('''
 def test_log_metrics_and_output_files_fire_on_rank_zero_only_under_torchrun(tmp_path):
     script = tmp_path / "ranks.py"
     script.write_text(RANKS_SCRIPT)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)],
-                            capture_output=True, text=True, timeout=180, env=env)
+    result = clkernel.testing.torchrun(str(script), str(tmp_path), timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert (rank0["rank"], rank1["rank"], rank0["world_size"]) == (0, 1, 2)

@@ -8,12 +8,18 @@ to a few launches, each running several scenarios.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 import time
 
 import pytest
+
+from clkernel.testing import torchrun
+
+#: What torchrun gives each process, for the one-process runs compared with them.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CLKERNEL_LOG_LEVEL": "warning"}
 
 
 SCENARIOS = textwrap.dedent('''
@@ -103,18 +109,18 @@ FAILING_RANK = textwrap.dedent('''
 
 
 @pytest.fixture(scope="module")
-def scenarios(tmp_path_factory, torchrun):
+def scenarios(tmp_path_factory):
     folder = tmp_path_factory.mktemp("scenarios")
     script = folder / "scenarios.py"
     script.write_text(SCENARIOS)
     for name in ("one", "two", "back"):
         (folder / name).mkdir()
-    one = subprocess.run([sys.executable, str(script), str(folder / "one"), "32", "one"], env=torchrun.env,
+    one = subprocess.run([sys.executable, str(script), str(folder / "one"), "32", "one"], env=ENV,
                          capture_output=True, text=True, timeout=240)
     assert one.returncode == 0, one.stderr[-4000:]
     two = torchrun(str(script), str(folder / "two"), "16", "two")
     assert two.returncode == 0, two.stderr[-4000:]
-    back = subprocess.run([sys.executable, str(script), str(folder / "back"), "32", "back"], env=torchrun.env,
+    back = subprocess.run([sys.executable, str(script), str(folder / "back"), "32", "back"], env=ENV,
                           capture_output=True, text=True, timeout=240)
     assert back.returncode == 0, back.stderr[-4000:]
     read = lambda path: json.loads(path.read_text())  # noqa: E731
@@ -154,7 +160,7 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(scenarios):
     assert _reduced(scenarios["rank0"]["resumed"]) == _reduced(scenarios["rank1"]["resumed"])
 
 
-def test_a_rank_that_raises_ends_the_job_with_its_error(tmp_path, torchrun):
+def test_a_rank_that_raises_ends_the_job_with_its_error(tmp_path):
     script = tmp_path / "failing.py"
     script.write_text(FAILING_RANK)
     start = time.monotonic()

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from clkernel.testing import torchrun
 
 def _results(run: Path) -> dict:
     return json.loads((run / "results.json").read_text())
 
 
-def test_a_killed_rank_ends_the_job_and_the_run_resumes_to_the_uninterrupted_result(tmp_path, torchrun):
+def test_a_killed_rank_ends_the_job_and_the_run_resumes_to_the_uninterrupted_result(tmp_path):
     """``torchrun -m clkernel run``: kill rank 1 after a checkpoint, the job fails (no hang); ``--resume`` on
     two ranks again ends where an uninterrupted two-rank run ends."""
     command = ["-m", "clkernel", "run", "--benchmark", "split-digits", "--epochs", "2", "--mb-size", "8",

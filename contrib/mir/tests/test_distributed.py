@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import runpy
-import socket
-import subprocess
-import sys
 import textwrap
 import types
 
@@ -14,6 +11,7 @@ import torch
 
 import clkernel.distributed as dist
 from clkernel_mir import MIR
+from clkernel.testing import torchrun
 
 SCRIPT = textwrap.dedent("""
     import sys
@@ -58,17 +56,11 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_ranks_retrieve_and_train_as_one_process_on_the_global_minibatch(tmp_path):
     script = tmp_path / "mir_ddp.py"
     script.write_text(SCRIPT)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                           str(free_port()), str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    done = torchrun(str(script), str(tmp_path), timeout=120)
     assert done.returncode == 0, done.stderr[:3000]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     one = runpy.run_path(str(script), run_name="one_process")["run"](8)  # the global minibatch, in this process

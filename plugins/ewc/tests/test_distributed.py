@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
 from clkernel_ewc import compute_importances
+from clkernel.testing import torchrun
 
 benchmarks = pytest.importorskip("clkernel_benchmarks", reason="clkernel-benchmarks (plugins/benchmarks) is not "
                                  "installed")
@@ -42,17 +40,11 @@ SCRIPT = textwrap.dedent(f"""
 """)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_ranks_end_with_the_importances_of_one_process(tmp_path):
     script = tmp_path / "ewc_ddp.py"
     script.write_text(SCRIPT)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                           str(free_port()), str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    done = torchrun(str(script), str(tmp_path), timeout=120)
     assert done.returncode == 0, done.stderr[:3000]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     bench = benchmarks.split_digits(n_experiences=5, seed=0)

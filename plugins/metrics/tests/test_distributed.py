@@ -8,9 +8,6 @@ those of one process evaluating the same models on the same data, and rank 1 wri
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import textwrap
 import threading
 
@@ -19,6 +16,7 @@ import torch
 
 import clkernel
 from clkernel import distributed
+from clkernel.testing import torchrun
 from clkernel_metrics import (
     AccuracyMatrixMetrics, AccuracyMetrics, ClassAccuracyMetrics, ConfusionMatrixMetrics, Evaluator, LossMetrics,
     max_over_ranks, sum_over_ranks,
@@ -199,11 +197,6 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_ranks_end_with_the_values_of_one_process(tmp_path):
     pytest.importorskip("clkernel_loggers", reason="clkernel-loggers (plugins/loggers) is not installed")
@@ -211,8 +204,7 @@ def test_two_ranks_end_with_the_values_of_one_process(tmp_path):
     pytest.importorskip("clkernel_models", reason="clkernel-models (plugins/models) is not installed")
     script = tmp_path / "metrics_ddp.py"
     script.write_text(SCRIPT)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                           str(free_port()), str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    done = torchrun(str(script), str(tmp_path), timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
 

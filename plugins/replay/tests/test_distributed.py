@@ -3,15 +3,13 @@ ranks here), and real two-process launches (torchrun, gloo) keep every buffer th
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from clkernel import CLDataset
 from clkernel_replay import BufferSampler, GreedyClassBalancedBuffer, HerdingSelection, ParametricBuffer
+from clkernel.testing import torchrun
 
 
 def indexed(n: int, tasks: list[int] | None = None) -> CLDataset:
@@ -184,11 +182,6 @@ torch.distributed.destroy_process_group()
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
@@ -197,8 +190,7 @@ def ranks(tmp_path_factory) -> list[dict]:
     tmp = tmp_path_factory.mktemp("ddp")
     path = tmp / "script.py"
     path.write_text(SCRIPT)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                           str(free_port()), str(path), str(tmp)], capture_output=True, text=True, timeout=120)
+    done = torchrun(str(path), str(tmp), timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
