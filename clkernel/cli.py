@@ -206,6 +206,24 @@ def _make_run_folder(output: str | None, benchmark: str, overwrite: bool) -> tup
     raise UsageError(f"cannot find a free run folder name {RUNS_FOLDER / stem}-N")
 
 
+def _remove_created(created: list[Path]) -> None:
+    """Remove the folders this run created (the run folder, then its new parents) while they are empty."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def _resume_command(run_dir: Path) -> str:
+    """The command that resumes ``run_dir``: the same ``torchrun`` launch for a run on several processes."""
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1:
+        per_node = os.environ.get("LOCAL_WORLD_SIZE", str(processes))
+        return f"torchrun --nproc_per_node={per_node} -m clkernel run --resume {run_dir}"
+    return f"clkernel run --resume {run_dir}"
+
+
 def _dry_check(model: Any, model_name: str, benchmark: Any) -> None:
     """One forward pass of the model, in eval mode and without gradients, on the first training sample: a model
     that cannot take the benchmark's inputs, or gives fewer outputs than the benchmark has classes, is a usage
@@ -361,6 +379,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import clkernel
     from clkernel import distributed
     from clkernel.checkpoint import CheckpointError, Checkpointer, atomic_write, latest_checkpoint, load_checkpoint
+    from clkernel.dispatch import CompositionError
     from clkernel.loop import NonFiniteLossError, Strategy, run
 
     _SIGNALS.check()
@@ -429,11 +448,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         loggers = [_build("logger", lg, context, used) for lg in config["logger"]]
         _SIGNALS.check()
     except BaseException:
-        for folder in created:  # a factory refused: leave nothing behind (only empty folders go)
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        _remove_created(created)  # a factory refused: leave nothing behind
         raise
     config["output"] = str(run_dir)
     checkpointer = Checkpointer(run_dir / "checkpoints", every=config["checkpoint_every"],
@@ -446,12 +461,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"])
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    strategy = Strategy(model, optimizer, torch.nn.CrossEntropyLoss(),
-                        plugins=[*built["plugin"], *built["metric"], *loggers],
-                        train_mb_size=config["mb_size"], train_epochs=config["epochs"],
-                        eval_mb_size=config["eval_mb_size"], device=device, eval_every=config["eval_every"],
-                        on_nonfinite=config["on_nonfinite"], checkpoint=checkpointer,
-                        loader_options={k: config[k] for k in ("num_workers", "pin_memory", "persistent_workers")})
+    try:
+        strategy = Strategy(model, optimizer, torch.nn.CrossEntropyLoss(),
+                            plugins=[*built["plugin"], *built["metric"], *loggers],
+                            train_mb_size=config["mb_size"], train_epochs=config["epochs"],
+                            eval_mb_size=config["eval_mb_size"], device=device, eval_every=config["eval_every"],
+                            on_nonfinite=config["on_nonfinite"], checkpoint=checkpointer,
+                            loader_options={k: config[k] for k in ("num_workers", "pin_memory", "persistent_workers")})
+    except CompositionError as e:  # plugins that cannot run together (or not on several processes) are bad input
+        _remove_created(created)
+        raise UsageError(str(e)) from None
     if saved is not None:  # everything is checked before anything loads: a refused checkpoint changes nothing
         try:
             load_checkpoint(latest_checkpoint(run_dir / "checkpoints"), strategy)  # type: ignore[arg-type]
@@ -465,7 +484,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:  # rank 0 tells the story; another rank shows its warnings and errors
         configure_logging(args.log_format, console_level="warning")
     log.info("run_start", kernel=clkernel.__version__, components=used, seed=config["seed"], device=str(device),
-             run_dir=str(run_dir), data_root=config["data_root"], resumed=strategy.resume_position)
+             processes=distributed.world_size(), run_dir=str(run_dir), data_root=config["data_root"], resumed=strategy.resume_position)
     _SIGNALS.run_dir = run_dir
     _SIGNALS.start(checkpointer)
     try:
@@ -586,6 +605,13 @@ def _version() -> str:
 COMMANDS = {"plugins": cmd_plugins, "hooks": cmd_hooks, "show": cmd_show, "run": cmd_run}
 
 
+def _interrupted(command: str, exc: BaseException, **details: str) -> int:
+    terminated = isinstance(exc, Terminated)
+    hint = {} if _SIGNALS.run_dir is None else {"resume": _resume_command(_SIGNALS.run_dir)}
+    log.error("interrupted", command=command, signal="SIGTERM" if terminated else "SIGINT", **hint, **details)
+    return EXIT_SIGTERM if terminated else EXIT_SIGINT
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -606,11 +632,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
         return 0
     except KeyboardInterrupt as e:
-        terminated = isinstance(e, Terminated)
-        hint = {} if _SIGNALS.run_dir is None else {"resume": f"clkernel run --resume {_SIGNALS.run_dir}"}
-        log.error("interrupted", command=args.command, signal="SIGTERM" if terminated else "SIGINT", **hint)
-        return EXIT_SIGTERM if terminated else EXIT_SIGINT
+        return _interrupted(args.command, e)
     except Exception as e:  # noqa: BLE001 - the command reports any failure as exit code 1
+        if args.command == "run" and _SIGNALS.pending is not None:  # the signal's consequence (a peer rank gone)
+            return _interrupted(args.command, _SIGNALS.pending, error=f"{type(e).__name__}: {e}"[:300])
         log.exception("run_failed" if args.command == "run" else "command_failed", error=f"{type(e).__name__}: {e}")
         return EXIT_FAILED
     finally:

@@ -106,7 +106,8 @@ class _ConsoleHandler(logging.Handler):
     def __init__(self, fmt: str, level: int, log_file: Path | None) -> None:
         super().__init__(level)
         self.fmt, self.log_file = fmt, log_file
-        self.renderer = structlog.dev.ConsoleRenderer() if fmt == "console" else None
+        self.renderer = (structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+                         if fmt == "console" else None)  # a traceback without every frame's locals (tensors)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

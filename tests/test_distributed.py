@@ -169,3 +169,13 @@ def test_a_rank_that_raises_ends_the_job_with_its_error(tmp_path):
     assert "rank one gives up at iteration 3" in result.stderr
     assert "'failsonrankone' failed in event 'after_training_iteration'" in result.stderr.lower()
     assert time.monotonic() - start < 120
+
+
+def test_a_plugin_that_cannot_run_distributed_is_refused_by_name_and_leaves_nothing(tmp_path):
+    result = torchrun("-m", "clkernel", "run", "--benchmark", "split-digits", "--plugin", "cope", "--output", "run",
+                      cwd=tmp_path, timeout=180)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "clkernel run: error:" in line]
+    assert lines and all("plugin 'cope' cannot run on several processes" in line for line in lines), result.stderr
+    assert "clkernel/cli.py" not in result.stderr  # no traceback of ours (torchrun prints its own)
+    assert not (tmp_path / "run").exists()
