@@ -7,9 +7,9 @@ events go through callables built once per ``train()`` / ``eval()`` call; an eve
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from pathlib import Path
-import inspect
 from typing import Any, Callable, Iterable, Mapping
 
 from clkernel.log import get_logger
@@ -496,7 +496,7 @@ class Strategy:
             if loop["train_epochs"] != s.train_epochs:
                 raise ValueError(f"the checkpoint was taken inside an experience with train_epochs="
                                  f"{loop['train_epochs']}; this strategy has train_epochs={s.train_epochs}")
-            saved_world = int(loop.get("world_size", 1))  # absent from checkpoints of one process before 0.3
+            saved_world = int(loop.get("world_size", 1))  # absent from checkpoints written before distributed runs
             if loop["train_mb_size"] * saved_world != s.train_mb_size * s.world_size:
                 raise ValueError(
                     f"the checkpoint was taken inside an experience with a global minibatch of "
