@@ -383,8 +383,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from clkernel.loop import NonFiniteLossError, Strategy, run
 
     _SIGNALS.check()
-    distributed.init_from_environment()  # under torchrun: join the process group (nothing in one process)
-    rank = distributed.rank()
     resume = getattr(args, "resume", None)
     saved = _saved_config(resume) if resume is not None else None
     given: set[str] = set()
@@ -401,7 +399,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     config["metric"] = config["metric"] or registry().defaults("metric")
     config["logger"] = config["logger"] or registry().defaults("logger")
     device = torch.device(config["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and distributed.world_size() > 1:  # each process its own GPU (LOCAL_RANK)
+    # under torchrun: join the process group (NCCL for GPUs, gloo for --device cpu); nothing in one process
+    distributed.init_from_environment(cuda=device.type == "cuda")
+    rank = distributed.rank()
+    if device.type == "cuda" and distributed.is_distributed():  # each process its own GPU (LOCAL_RANK)
         device = torch.device("cuda", torch.cuda.current_device())
     config["device"] = str(device)
 

@@ -84,19 +84,21 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def init_from_environment(timeout_s: float = 300.0) -> bool:
+def init_from_environment(timeout_s: float = 300.0, *, cuda: bool | None = None) -> bool:
     """Join the process group that ``torchrun`` describes (``WORLD_SIZE`` > 1, ``RANK``, ``LOCAL_RANK``,
-    ``MASTER_ADDR``, ``MASTER_PORT``): the NCCL backend when CUDA is available (each process on GPU
-    ``LOCAL_RANK``), else gloo. Does nothing when ``WORLD_SIZE`` is unset or 1, or a group is already initialised.
+    ``MASTER_ADDR``, ``MASTER_PORT``): the NCCL backend for a run on GPUs (each process on GPU ``LOCAL_RANK``),
+    else gloo. Does nothing when ``WORLD_SIZE`` is unset or 1, or a group is already initialised.
 
     :param timeout_s: how long a collective waits for a rank that does not come (seconds): a rank that failed
         ends the others with an error after at most this long, never a hang.
+    :param cuda: whether the run trains on GPUs (default: when CUDA is available); False joins with gloo, for a
+        run on the CPUs of a machine that has GPUs.
     :returns: True when this call initialised the group (the caller destroys it at the end).
     :raises RuntimeError: from ``torch.distributed`` when the rendezvous fails.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
         return False
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() if cuda is None else cuda
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
