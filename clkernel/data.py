@@ -29,7 +29,7 @@ import torch
 from attrs import evolve, field, frozen
 from torch.utils.data import Dataset, default_collate
 
-__all__ = ["CLDataset", "EpochLoader", "MinibatchLoader", "as_cl_dataset", "iterate_minibatches",
+__all__ = ["RESERVED_LOADER_OPTIONS", "CLDataset", "EpochLoader", "MinibatchLoader", "as_cl_dataset", "iterate_minibatches",
            "set_batch_reader_options"]
 
 Transform = Callable[[Any], Any]
@@ -500,11 +500,12 @@ def set_batch_reader_options(loader_options: Mapping[str, Any] | None) -> dict[s
     return previous
 
 
-_SET_BY_CLKERNEL = ("dataset", "batch_size", "shuffle", "sampler", "batch_sampler", "drop_last")
+#: DataLoader arguments that clkernel sets itself, so ``loader_options`` may not hold them.
+RESERVED_LOADER_OPTIONS = ("dataset", "batch_size", "shuffle", "sampler", "batch_sampler", "drop_last")
 
 
 def _check_loader_options(options: Mapping[str, Any]) -> None:
-    taken = [k for k in _SET_BY_CLKERNEL if k in options]
+    taken = [k for k in RESERVED_LOADER_OPTIONS if k in options]
     if taken:
         raise ValueError(f"loader_options: {', '.join(taken)} cannot be set: clkernel chooses the minibatches")
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping
 from clkernel.log import get_logger
 import torch
 
-from clkernel.data import EpochLoader, set_batch_reader_options
+from clkernel.data import RESERVED_LOADER_OPTIONS, EpochLoader, set_batch_reader_options
 from clkernel.dispatch import Dispatcher, PluginError, compose
 from clkernel.modules import DynamicModule, adapt_model, eval_mode, model_forward, update_optimizer
 from clkernel.state import TrainState
@@ -128,7 +128,7 @@ class Strategy:
             device = torch.device("cuda", torch.cuda.current_device()) if self._distributed else "cuda"
         device = torch.device(device or "cpu")
         self.loader_options = _options(loader_options, torch.utils.data.DataLoader, "loader_options",
-                                       ("dataset", "batch_size", "shuffle", "sampler", "batch_sampler", "drop_last"))
+                                       RESERVED_LOADER_OPTIONS)
         self.ddp_options = _options(ddp_options, torch.nn.parallel.DistributedDataParallel, "ddp_options",
                                     ("module", "device_ids", "output_device"))
         self.plugins = list(plugins)
