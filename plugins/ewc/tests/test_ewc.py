@@ -70,6 +70,30 @@ def test_separate_mode_equals_the_direct_sum_over_experiences(blobs):
     direct = ewc_penalty(model, [ewc.importances[e] for e in exps], [ewc.saved_params[e] for e in exps],
                         ewc_lambda=0.7)
     torch.testing.assert_close(ewc.penalty(model), direct, rtol=1e-4, atol=1e-7)
+    # and the same gradient, also scaled (a loss scale, an accumulation divisor) and beside the criterion's
+    x, y, _ = blobs.make_blobs().get_batch(torch.arange(16))
+    grads = []
+    for penalty in (ewc.penalty, lambda: ewc_penalty(model, [ewc.importances[e] for e in exps],
+                                                      [ewc.saved_params[e] for e in exps], ewc_lambda=0.7)):
+        model.zero_grad(set_to_none=True)
+        (torch.nn.functional.cross_entropy(model(x), y) + penalty() / 3).mul(8.0).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for folded, by_autograd in zip(*grads):
+        torch.testing.assert_close(folded, by_autograd, rtol=1e-4, atol=1e-6)
+
+
+def test_frozen_parameters_get_no_gradient_from_the_penalty():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2))
+    ewc = EWC()
+    ewc.consolidate(model, {n: torch.ones_like(p) for n, p in model.named_parameters()})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model[0].requires_grad_(False)
+    ewc.penalty(model).backward()
+    assert model[0].weight.grad is None and model[0].bias.grad is None
+    torch.testing.assert_close(model[1].weight.grad, torch.full((2, 2), 2.0))  # 2 * F * (theta - theta*)
 
 
 def test_online_mode_decays_importances_and_anchors_at_the_last_parameters(blobs):
