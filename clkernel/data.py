@@ -253,6 +253,20 @@ class CLDataset:
             x[owner == k] = part
         return x, y, t
 
+    def get_batches(self, batches: Iterable[torch.Tensor]) -> Iterator[tuple[Any, torch.Tensor, torch.Tensor]]:
+        """The minibatches :meth:`get_batch` returns for each index tensor of ``batches``, in order, lazily:
+        ``batches`` may be an endless generator (a replay buffer's draws).
+
+        In-memory data: each minibatch is gathered when the iterator is advanced, and ``batches`` is drawn one at
+        a time. Data read from a torch ``Dataset`` with workers (:func:`set_batch_reader_options`): one
+        :class:`MinibatchLoader` of its own reads ahead, ``prefetch_factor`` minibatches per worker, while the
+        caller computes, as a plain loop's second ``DataLoader`` does; ``batches`` is then drawn that far ahead
+        of what was returned. Dropping the iterator stops its workers.
+        """
+        if self.is_batched or not _READER_OPTIONS.get("num_workers"):
+            return map(self.get_batch, batches)
+        return MinibatchLoader(evolve(self), {**_READER_OPTIONS, "persistent_workers": False})(batches)
+
     def _reader(self) -> MinibatchLoader:
         """This view's reader for :meth:`get_batch`, built again when the reader options changed."""
         options = dict(_READER_OPTIONS)

@@ -189,3 +189,30 @@ def test_replay_over_files_reads_its_buffer_through_the_reader_workers(files, re
     assert set(current[:, 0].long().tolist()) == {2, 5, 8, 11} and set(current[:, 1].tolist()) == {os.getpid()}
     assert all(int(i) % 3 in (0, 1) for i in replayed[:, 0])  # buffer samples come from the first experience
     assert os.getpid() not in set(replayed[:, 1].tolist())  # read by the reader's worker
+
+
+def test_get_batches_reads_ahead_with_workers_and_draws_one_at_a_time_without(files, reader_options):
+    drawn = []
+
+    def draws():  # endless, as a replay buffer's
+        g = torch.Generator().manual_seed(0)
+        while True:
+            drawn.append(torch.randint(12, (4,), generator=g))
+            yield drawn[-1]
+
+    in_memory = CLDataset.from_tensors(torch.arange(12.0)[:, None], torch.arange(12) % 3)
+    batches = in_memory.get_batches(draws())
+    for k in range(3):
+        x, y, _ = next(batches)
+        assert len(drawn) == k + 1 and x[:, 0].long().tolist() == drawn[k].tolist()
+    for workers in (0, 2):
+        drawn.clear()
+        set_batch_reader_options({"num_workers": workers} if workers else None)
+        batches = files.get_batches(draws())
+        for k in range(3):
+            x, y, t = next(batches)
+            assert x[:, 0].long().tolist() == drawn[k].tolist() and y.tolist() == (drawn[k] % 3).tolist()
+            assert t.tolist() == (drawn[k] // 6).tolist()
+        # without workers read here, one draw at a time; with them read by the workers, 2 x 2 minibatches ahead
+        assert len(drawn) == (3 if workers == 0 else 3 + 2 * 2)
+        assert (set(x[:, 1].long().tolist()) == {os.getpid()}) == (workers == 0)

@@ -336,6 +336,8 @@ class BiC:
 
     @clkernel.hookimpl
     def after_training_exp(self, state: TrainState) -> None:
+        if self._sampler is not None:
+            self._sampler.close()  # the generator as if the sampler had read nothing ahead
         exp: Experience = state.experience  # type: ignore[assignment]
         held = self._hold_out(exp)
         self.exemplars.update(self._train_part(exp.dataset, exp.index), key=exp.index, model=state.model)
@@ -381,14 +383,15 @@ class BiC:
         the exemplar sampler's remaining draws."""
         prev = self._pending if self._pending is not None else (
             None if self.prev_model is None else self.prev_model.state_dict())
-        orders = self._orders if self._sampler is None else self._sampler.orders
+        orders, generator = (self._orders, self.generator.get_state()) if self._sampler is None \
+            else self._sampler.state()
         return {"exemplars": self.exemplars.state_dict(), "validation": self.validation.state_dict(),
                 "heldout": {k: v.clone() for k, v in self.heldout.items()},
                 "prev_model": None if prev is None else {k: v.clone() for k, v in prev.items()},
                 "bias_layer": {k: v.clone() for k, v in self.bias_layer.state_dict().items()},
                 "prev_bias": {k: v.clone() for k, v in self._prev_bias.state_dict().items()},
                 "old_classes": torch.tensor(self.old_classes, dtype=torch.long),
-                "generator": self.generator.get_state(),
+                "generator": generator,
                 "orders": None if orders is None else [o.clone() for o in orders]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

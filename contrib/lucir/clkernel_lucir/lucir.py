@@ -335,6 +335,8 @@ class LUCIR:
 
     @clkernel.hookimpl
     def after_training_exp(self, state: TrainState) -> None:
+        if self._sampler is not None:
+            self._sampler.close()  # the generator as if the sampler had read nothing ahead
         self._detach_hook()
         self.memory.update(state.experience, model=state.model)  # type: ignore[arg-type]
         self.old_classes = sorted(set(self.old_classes) | set(int(c) for c in state.experience.classes))  # type: ignore
@@ -378,11 +380,12 @@ class LUCIR:
         the generator and, inside an experience, the exemplar sampler's remaining draws."""
         prev = self._pending if self._pending is not None else (
             None if self.prev_model is None else self.prev_model.state_dict())
-        orders = self._orders if self._sampler is None else self._sampler.orders
+        orders, generator = (self._orders, self.generator.get_state()) if self._sampler is None \
+            else self._sampler.state()
         return {"memory": self.memory.state_dict(),
                 "prev_model": None if prev is None else {k: v.clone() for k, v in prev.items()},
                 "old_classes": torch.tensor(self.old_classes, dtype=torch.long),
-                "generator": self.generator.get_state(),
+                "generator": generator,
                 "orders": None if orders is None else [o.clone() for o in orders]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

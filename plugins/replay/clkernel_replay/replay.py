@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import zlib
-from typing import Any, Mapping
+from collections import deque
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -28,6 +29,12 @@ class BufferSampler:
     rank's share, every ``world_size``-th index from ``rank``. The ranks' shares partition the global minibatch,
     which is what one process with ``batch_size x world_size`` draws. With ``task_balanced`` the global minibatch
     is balanced over tasks, and each rank's share to within one sample per task.
+
+    A buffer read from files by workers (:func:`clkernel.data.set_batch_reader_options`) is read ahead
+    (:meth:`clkernel.CLDataset.get_batches`): the next draws are made, and their samples read, while the model
+    trains on this one. :meth:`state` and :meth:`close` then give and restore the state after the last minibatch
+    :meth:`draw` returned, so that checkpoints, and the draws after an experience, are those of a sampler that
+    never read ahead: the minibatches do not depend on the number of workers.
 
     :param buffer: the samples to draw from (a non-empty CLDataset).
     :param batch_size: samples per :meth:`draw` (on this rank).
@@ -55,9 +62,11 @@ class BufferSampler:
             pools = [torch.arange(len(buffer))]
         base, extra = divmod(batch_size * world_size, len(pools))
         self._pools = [(pool, base + (i < extra)) for i, pool in enumerate(pools) if base + (i < extra) > 0]
-        #: Per pool, the indices still to draw from its current shuffled pass (a checkpoint keeps them); the
-        #: same on every rank.
+        #: Per pool, the indices still to draw from its current shuffled pass (set it before the first draw to
+        #: resume; :meth:`state` gives it for a checkpoint); the same on every rank.
         self.orders = [torch.zeros(0, dtype=torch.long) for _ in self._pools]
+        self._stream: Iterator[tuple[Any, torch.Tensor, torch.Tensor]] | None = None
+        self._ahead: deque[tuple[list[torch.Tensor], torch.Tensor | None]] = deque()  # state before each draw read
 
     def _take(self, i: int, n: int) -> torch.Tensor:
         pool, order = self._pools[i][0], self.orders[i]
@@ -75,7 +84,35 @@ class BufferSampler:
         """This rank's part of the next replay minibatch, ``(x, y, t)`` of ``batch_size`` buffer samples: inputs
         ``(batch_size, *input_shape)``, int64 targets and task labels ``(batch_size,)``, on the CPU (or wherever
         the buffer's data lives). Only these samples are read."""
-        return self.buffer.get_batch(self.draw_indices()[self.rank::self.world_size])
+        if self._stream is None:
+            self._stream = self.buffer.get_batches(self._draws())
+        batch = next(self._stream)
+        self._ahead.popleft()
+        return batch
+
+    def _draws(self) -> Iterator[torch.Tensor]:
+        while True:
+            self._ahead.append(self._now())
+            yield self.draw_indices()[self.rank::self.world_size]
+
+    def _now(self) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        return list(self.orders), None if self.generator is None else self.generator.get_state()
+
+    def state(self) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """``(orders, generator state)`` after the last minibatch :meth:`draw` returned, whatever was read
+        ahead since (the generator state is None when the sampler draws from torch's global generator)."""
+        return self._ahead[0] if self._ahead else self._now()
+
+    def close(self) -> None:
+        """Stop reading ahead (its workers stop) and set :attr:`orders` and the generator back to
+        :meth:`state`, so the draws read ahead come again. With torch's global generator, which others draw
+        from too, the draws read ahead are skipped instead."""
+        orders, generator = self.state()
+        self.orders = orders
+        if generator is not None:
+            self.generator.set_state(generator)  # type: ignore[union-attr]
+        self._stream = None
+        self._ahead.clear()
 
 
 def restore_from_stream(policy: StoragePolicy, state: TrainState, who: str) -> None:
@@ -205,6 +242,8 @@ class Replay:
 
     @clkernel.hookimpl
     def after_training_exp(self, state: TrainState) -> None:
+        if self._sampler is not None:
+            self._sampler.close()  # the generator as if nothing had been read ahead
         self.storage_policy.update(state.experience, model=state.model)  # type: ignore[arg-type]
         self._sampler = self._orders = None
         policy = self.storage_policy.state_dict()
@@ -213,8 +252,9 @@ class Replay:
     def state_dict(self) -> dict[str, Any]:
         """The storage policy's state, the sampling generator's, and, inside a training experience, what the
         buffer sampler has left of its current passes (``orders``: index tensors, else None)."""
-        orders = self._orders if self._sampler is None else self._sampler.orders
-        return {"storage_policy": self.storage_policy.state_dict(), "generator": self.generator.get_state(),
+        orders, generator = (self._orders, self.generator.get_state()) if self._sampler is None \
+            else self._sampler.state()
+        return {"storage_policy": self.storage_policy.state_dict(), "generator": generator,
                 "orders": None if orders is None else [o.clone() for o in orders]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -127,3 +127,53 @@ def test_mismatched_buffer_samples_give_a_clear_error(blobs):
     replay.storage_policy.update(CLDataset.from_tensors(torch.zeros(12, 3), torch.zeros(12, dtype=torch.long)))
     with pytest.raises(PluginError, match=r"buffer samples have shape \(3,\)"):
         run(blobs, [replay])
+
+
+def test_a_buffer_of_files_read_ahead_by_workers_gives_the_minibatches_and_checkpoints_of_one_read_here(blobs):
+    base = blobs.make_blobs(num_classes=4, per_class=30)
+    x, y, _ = base.get_batch(torch.arange(len(base)))
+    data = CLDataset.from_dataset(torch.utils.data.TensorDataset(x, y), targets=y)  # not in memory: items read
+    stream = Stream("train", [Experience(e, data.class_subset([2 * e, 2 * e + 1])) for e in range(2)])
+    runs = []
+    for workers in (0, 2):
+        probe, replay = blobs.Probe(), Replay(mem_size=20, batch_size_mem=5, seed=0)
+        model = blobs.make_model()
+        Strategy(model, torch.optim.SGD(model.parameters(), lr=0.05), plugins=[replay, probe], train_mb_size=8,
+                 train_epochs=2, device="cpu", generator=torch.Generator().manual_seed(0),
+                 loader_options={"num_workers": workers}).train(stream)
+        runs.append(([y for _, y in probe.mbs], list(model.parameters()), replay.state_dict()["generator"]))
+    (mbs, params, generator), (mbs_ahead, params_ahead, generator_ahead) = runs
+    assert len(mbs) == len(mbs_ahead) == 2 * 2 * 8
+    assert all(torch.equal(a, b) for a, b in zip(mbs, mbs_ahead))
+    assert all(torch.equal(a, b) for a, b in zip(params, params_ahead))
+    assert torch.equal(generator, generator_ahead)  # as if nothing had been read ahead at the experience's end
+
+
+def test_a_sampler_reading_ahead_gives_the_state_after_the_last_minibatch_it_returned(blobs):
+    from clkernel.data import set_batch_reader_options
+    from clkernel_replay import BufferSampler
+
+    base = blobs.make_blobs(num_classes=2, per_class=5)
+    x, y, _ = base.get_batch(torch.arange(len(base)))
+    files = CLDataset.from_dataset(torch.utils.data.TensorDataset(x, y), targets=y)
+    draws = {}
+    for workers in (0, 2):
+        previous = set_batch_reader_options({"num_workers": workers} if workers else None)
+        try:
+            sampler = BufferSampler(files, 3, generator=torch.Generator().manual_seed(0))
+            first = [sampler.draw()[1] for _ in range(8)]  # 24 samples: 3 passes over 10 begun
+            orders, generator = sampler.state()
+            read_ahead = not torch.equal(sampler.generator.get_state(), generator)  # 2 x 2 draws read ahead: a 4th pass
+            assert read_ahead == (workers > 0)
+            sampler.close()
+            assert [o.tolist() for o in sampler.orders] == [o.tolist() for o in orders]
+            assert torch.equal(sampler.generator.get_state(), generator)
+            draws[workers] = (first, [o.tolist() for o in orders], generator, [sampler.draw()[1] for _ in range(8)])
+            sampler.close()
+        finally:
+            set_batch_reader_options(previous)
+    (first, orders, generator, then), (first_ahead, orders_ahead, generator_ahead, then_ahead) = draws[0], draws[2]
+    assert [b.tolist() for b in first] == [b.tolist() for b in first_ahead]
+    assert orders == orders_ahead and len(orders[0]) == 6  # 24 drawn: 6 left of the third pass
+    assert torch.equal(generator, generator_ahead)
+    assert [b.tolist() for b in then] == [b.tolist() for b in then_ahead]  # after close, the same draws again
