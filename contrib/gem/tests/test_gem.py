@@ -192,7 +192,7 @@ def test_command_line_run_with_replay(tmp_path):
     out = tmp_path / "run"
     proc = clkernel_cli("run", "--benchmark", "split-digits", "--plugin", "replay:mem_size=100",
                         "--plugin", "gem:patterns_per_experience=32,memory_strength=0.5", "--epochs", "1",
-                        "--device", "cpu", "--output", str(out), cwd=tmp_path)
+                        "--logger", "report:plots=false", "--device", "cpu", "--output", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "completed"

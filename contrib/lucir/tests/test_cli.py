@@ -14,7 +14,7 @@ def test_clkernel_run_composes_lucir_with_replay(tmp_path):
     proc = subprocess.run([str(clkernel), "--log-format", "json", "run", "--benchmark", "split-digits",
                            "--model", "cosine-mlp:hidden_size=64", "--plugin", "replay:mem_size=100",
                            "--plugin", "lucir:mem_size=100", "--metric", "accuracy", "--epochs", "1",
-                           "--output", str(out)],
+                           "--logger", "report:plots=false", "--output", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())

@@ -13,7 +13,8 @@ def test_clkernel_run_composes_mir_with_replay(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([str(clkernel), "--log-format", "json", "run", "--benchmark", "split-digits",
                            "--plugin", "replay:mem_size=100", "--plugin", "mir:mem_size=100,subsample=20",
-                           "--metric", "accuracy", "--epochs", "1", "--output", str(out)],
+                           "--metric", "accuracy", "--epochs", "1",
+                           "--logger", "report:plots=false", "--output", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
