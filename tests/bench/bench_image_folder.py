@@ -7,19 +7,13 @@ Work: a generated folder of PNG files (default 4,000 RGB 32x32 images, 10 classe
 
 - Naive: ``Strategy(loader_options={"num_workers": W, "persistent_workers": True})`` against a plain loop with
   one ``DataLoader(ImageFolder subset, shuffle=True, num_workers=W, persistent_workers=True)`` per experience.
-- Replay: clkernel-replay's ``Replay(mem_size=500, batch_size_mem=64)`` (buffer samples read by
-  ``CLDataset.get_batch`` through a :class:`clkernel.data.MinibatchLoader` with W workers,
+- Replay: clkernel-replay's ``Replay(mem_size=500, batch_size_mem=64)``, whose buffer draws are read ahead by
+  W workers (``CLDataset.get_batches``, the loop's ``loader_options`` passed on by
   :func:`clkernel.data.set_batch_reader_options`) against a plain loop with two DataLoaders of W workers each:
   the experience's, and one drawing 64 samples of a 500-sample buffer (random samples of the first experience)
   per minibatch.
-- Replay reading ahead: the same replay written as a small plugin here (a random 500-sample buffer of the
-  first experience, 64 samples per minibatch) whose buffer minibatches come from one endless
-  ``MinibatchLoader(buffer, {"num_workers": W})(draws)`` stream, so that the workers read the next draws while
-  the model trains: what clkernel-replay's Replay would need to read files as fast as the plain loop
-  (``get_batch`` reads only when asked, so the model waits for each read).
 
-Runs are interleaved (plain, clkernel, plain replay, clkernel replay, clkernel read-ahead replay), each
-repeated; prints the median training throughput (images per second, replayed images included) and the ratios
+Runs are interleaved (plain, clkernel, plain replay, clkernel replay), each repeated; prints the median training throughput (images per second, replayed images included) and the ratios
 clkernel / plain. Target: at least 0.90 for both.
 
     .venv/bin/python tests/bench/bench_image_folder.py [--images 4000] [--workers 2] [--repeats 3]
@@ -38,7 +32,6 @@ import torch
 from PIL import Image
 
 import clkernel
-from clkernel.data import MinibatchLoader, set_batch_reader_options
 
 MB, MEM_SIZE, STATS = 64, 500, ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -109,47 +102,13 @@ def plain(root: Path, classes: list[list[int]], workers: int, epochs: int, repla
     return time.perf_counter() - start, seen
 
 
-class ReadAheadReplay:
-    """Replay whose buffer minibatches are read ahead by a MinibatchLoader's workers (an endless draw stream)."""
-
-    def __init__(self, workers: int) -> None:
-        self.workers, self.buffer, self.stream = workers, None, None
-        self.generator = torch.Generator().manual_seed(0)
-
-    def draws(self, n: int):
-        while True:
-            yield from torch.randperm(n, generator=self.generator).split(MB)[:n // MB]
-
-    @clkernel.hookimpl
-    def before_training_exp(self, state):
-        if self.buffer is not None:
-            reader = MinibatchLoader(self.buffer.train(), {"num_workers": self.workers,
-                                                           "persistent_workers": self.workers > 0})
-            self.stream = reader(self.draws(len(self.buffer)))
-
-    @clkernel.hookimpl
-    def before_training_iteration(self, state):
-        if self.stream is not None:
-            bx, by, bt = next(self.stream)
-            x, y, t = state.mb
-            state.mb = torch.cat([x, bx]), torch.cat([y, by]), torch.cat([t, bt])
-
-    @clkernel.hookimpl
-    def after_training_exp(self, state):
-        self.stream = None
-        data = state.experience.dataset
-        self.buffer = data.subset(torch.randperm(len(data), generator=self.generator)[:MEM_SIZE])
-
-
-def with_clkernel(root: Path, workers: int, epochs: int, replay: bool | str) -> tuple[float, int]:
+def with_clkernel(root: Path, workers: int, epochs: int, replay: bool) -> tuple[float, int]:
     """clkernel's loop on the image-folder benchmark; returns (seconds, images trained on)."""
     torch.manual_seed(0)
     bm = clkernel.load("benchmark", "image-folder", root=str(root), n_experiences=2,
                        fixed_class_order=list(range(10)), mean=list(STATS[0]), std=list(STATS[1]))
     model = make_model()
     plugins = [clkernel.load("plugin", "replay", mem_size=MEM_SIZE, batch_size_mem=MB, seed=0)] if replay else []
-    if replay == "ahead":
-        plugins = [ReadAheadReplay(workers)]
     seen = [0]
 
     class Count:
@@ -158,7 +117,6 @@ def with_clkernel(root: Path, workers: int, epochs: int, replay: bool | str) -> 
             seen[0] += len(state.mb[1])
 
     options = {"num_workers": workers, "persistent_workers": workers > 0}
-    previous = set_batch_reader_options({"num_workers": workers})
     strategy = clkernel.Strategy(model, torch.optim.SGD(model.parameters(), lr=0.01), plugins=[*plugins, Count()],
                                  train_mb_size=MB, train_epochs=epochs, eval_every=-1, device="cpu",
                                  loader_options=options)
@@ -166,7 +124,6 @@ def with_clkernel(root: Path, workers: int, epochs: int, replay: bool | str) -> 
     with strategy:
         strategy.train(bm.train_stream)
     elapsed = time.perf_counter() - start
-    set_batch_reader_options(previous)
     return elapsed, seen[0]
 
 
@@ -185,8 +142,7 @@ def main() -> None:
         runs = {"plain": lambda: plain(root, classes, args.workers, args.epochs, False),
                 "clkernel": lambda: with_clkernel(root, args.workers, args.epochs, False),
                 "plain replay": lambda: plain(root, classes, args.workers, args.epochs, True),
-                "clkernel replay": lambda: with_clkernel(root, args.workers, args.epochs, True),
-                "read-ahead replay": lambda: with_clkernel(root, args.workers, args.epochs, "ahead")}
+                "clkernel replay": lambda: with_clkernel(root, args.workers, args.epochs, True)}
         rates: dict[str, list[float]] = {name: [] for name in runs}
         counts: dict[str, int] = {}
         for _ in range(args.repeats):
@@ -202,7 +158,6 @@ def main() -> None:
               f"{', '.join(f'{r:.0f}' for r in rates[name])})")
     print(f"ratio clkernel / plain:               {median['clkernel'] / median['plain']:.3f}")
     print(f"ratio clkernel replay / plain replay: {median['clkernel replay'] / median['plain replay']:.3f}")
-    print(f"ratio read-ahead replay / plain replay: {median['read-ahead replay'] / median['plain replay']:.3f}")
 
 
 if __name__ == "__main__":
