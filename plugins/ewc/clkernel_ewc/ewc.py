@@ -82,7 +82,7 @@ def compute_importances(model: torch.nn.Module, dataset: CLDataset, *,
                 criterion(out, y).backward()
                 for n, p in params.items():
                     if p.grad is not None:
-                        importances[n] += p.grad.detach().pow(2)
+                        importances[n].addcmul_(p.grad, p.grad)  # += grad^2, in place
         finally:
             model.zero_grad(set_to_none=True)
     if shard:
