@@ -27,6 +27,7 @@ import torch
 import clkernel
 from clkernel import CLDataset, TrainState, iterate_minibatches, model_forward
 from clkernel.validate import non_negative_number, positive_int, unit_interval
+from clkernel_ewc import quadratic_penalty
 
 __all__ = ["MAS", "mas_importances"]
 
@@ -131,8 +132,7 @@ class MAS:
             self._bind(model)
         if not self._penalised:
             return None
-        total = sum((imp * (p - anchor).pow(2)).sum() for p, imp, anchor in self._penalised)
-        return self.lambda_reg * total  # type: ignore[operator]
+        return self.lambda_reg * quadratic_penalty(*zip(*self._penalised))
 
     @torch.no_grad()
     def consolidate(self, model: torch.nn.Module, importances: Mapping[str, torch.Tensor]) -> None:

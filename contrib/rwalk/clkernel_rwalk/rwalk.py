@@ -36,6 +36,7 @@ import torch
 import clkernel
 from clkernel import TrainState
 from clkernel.validate import non_negative_number, positive_int, unit_interval
+from clkernel_ewc import quadratic_penalty
 
 __all__ = ["RWalk"]
 
@@ -130,8 +131,8 @@ class RWalk:
             self.bind(model)
         if not self._penalised:
             return None
-        total = sum((w * (p - anchor).pow(2)).sum() for p, w, anchor, _ in self._penalised)
-        return self.ewc_lambda * total  # type: ignore[operator]
+        params, weights, anchors, _ = zip(*self._penalised)
+        return self.ewc_lambda * quadratic_penalty(params, weights, anchors)
 
     # ------------------------------------------------------------------ per iteration
 

@@ -27,6 +27,7 @@ import torch
 import clkernel
 from clkernel import TrainState
 from clkernel.validate import non_negative_number, positive_number
+from clkernel_ewc import quadratic_penalty
 
 __all__ = ["SynapticIntelligence", "si_importance"]
 
@@ -126,8 +127,7 @@ class SynapticIntelligence:
             self._bind(model)
         if not self._penalised:
             return None
-        total = sum((imp * (p - anchor).pow(2)).sum() for p, imp, anchor in self._penalised)
-        return self.si_lambda * total  # type: ignore[operator]
+        return self.si_lambda * quadratic_penalty(*zip(*self._penalised))
 
     @torch.no_grad()
     def record_gradients(self) -> None:

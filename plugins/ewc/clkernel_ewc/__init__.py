@@ -7,4 +7,4 @@ Names are imported on first use (``lazy_loader``), so importing the package, or 
 import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
-    __name__, submod_attrs={"ewc": ["EWC", "compute_importances", "ewc_penalty"]})
+    __name__, submod_attrs={"ewc": ["EWC", "compute_importances", "ewc_penalty", "quadratic_penalty"]})

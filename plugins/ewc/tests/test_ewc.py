@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from clkernel import Strategy
-from clkernel_ewc import EWC, compute_importances, ewc_penalty
+from clkernel_ewc import EWC, compute_importances, ewc_penalty, quadratic_penalty
 
 
 def trained(blobs, plugins, num_exps=3, epochs=2, seed=0):
@@ -184,3 +184,15 @@ def test_registration(blobs):
     ewc = reg.load("plugin", "ewc", ewc_lambda=0.4, mode="online", decay_factor=0.9)
     assert isinstance(ewc, EWC) and ewc.ewc_lambda == 0.4 and ewc.mode == "online"
     assert set(reg.get("plugin", "ewc").options()) == {"ewc_lambda", "mode", "decay_factor", "keep_importance_data"}
+
+
+def test_quadratic_penalty_by_hand():
+    theta = [torch.tensor([1.0, 2.0], requires_grad=True), torch.tensor([[3.0]], requires_grad=True)]
+    weights, anchors = [torch.tensor([3.0, 4.0]), torch.tensor([[0.5]])], [torch.zeros(2), torch.tensor([[1.0]])]
+    value = quadratic_penalty(theta, weights, anchors)
+    assert float(value.detach()) == pytest.approx(3 * 1 + 4 * 4 + 0.5 * 4)
+    (10 * value).backward()
+    assert theta[0].grad.tolist() == pytest.approx([60.0, 160.0]) and theta[1].grad.tolist() == [[20.0]]
+    assert float(quadratic_penalty([], [], [])) == 0.0
+    with pytest.raises(ValueError, match="2 parameters, 1 weights and 2 anchors"):
+        quadratic_penalty(theta, weights[:1], anchors)
