@@ -20,7 +20,8 @@ Published value: A-GEM paper, Table 1 (MNIST): A_T = 89.1 %, F_T = 0.06, for the
     .venv/bin/python contrib/agem/bench/reproduce.py --full          # the paper's setting: 17 tasks x 55,000
     .venv/bin/python contrib/agem/bench/reproduce.py                 # reduced: 3 permutations, same per task
 
-Results go to ``RESULTS.md`` (and ``results.json``) next to this script.
+Results go to ``RESULTS.md`` (and ``results.json``) next to this script; with ``--json PATH`` this run's rows go to
+PATH as JSON instead (what ``tests/bench/reproduction_table.py`` reads).
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", default=str(DEFAULT_ROOT))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="write the rows as JSON to this file instead of RESULTS.md")
     args = parser.parse_args()
     if args.full:
         args.tasks, args.samples = PAPER_TASKS, PAPER_SAMPLES
@@ -159,6 +161,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     path = HERE / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
+    rows = []
     for method in methods:
         out = run(method, args.tasks, args.samples, args.seed, args.data_root)
         key = f"{method}-{args.tasks}tasks-{args.samples}"
@@ -169,8 +172,16 @@ def main() -> int:
                            f"--samples {args.samples} --seed {args.seed} --threads {args.threads}{root}")
         results[key] = out
         print(f"{key}: A_T {out['acc']:.4f}, F_T {out['forgetting']:.4f} in {out['seconds']:.0f} s", flush=True)
+        if args.json:  # the rows, for tests/bench/reproduction_table.py, instead of results.json and RESULTS.md
+            rows.append({"method": {"agem": "A-GEM", "single": "plain SGD (single)"}[method], "per_seed": [out["acc"]],
+                         "detail": f"F_T {out['forgetting']:.4f}", "published": REFERENCE[method],
+                         "seconds": out["seconds"]})
+            args.json.write_text(json.dumps(rows))
+            continue
         path.write_text(json.dumps(results, indent=1) + "\n")
         (HERE / "RESULTS.md").write_text(write_results(results))
+    if args.json:
+        return 0
     (HERE / "RESULTS.md").write_text(write_results(results))
     print(write_results(results))
     return 0

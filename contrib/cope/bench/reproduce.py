@@ -17,13 +17,15 @@ mini-experience, the same here: one step each).
 
     CLKERNEL_DATA=/work/shared/data .venv/bin/python contrib/cope/bench/reproduce.py [--seeds 0] [--per-experience N]
 
-Writes ``contrib/cope/bench/RESULTS.md`` next to this script.
+Writes ``contrib/cope/bench/RESULTS.md`` next to this script, or with ``--json PATH`` the rows as JSON to
+PATH instead (what ``tests/bench/reproduction_table.py`` reads).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -78,6 +80,7 @@ def main() -> None:
     parser.add_argument("--per-experience", type=int, default=None,
                         help="training samples drawn per experience (default: all, Avalanche's setting)")
     parser.add_argument("--data-root", default=os.environ.get("CLKERNEL_DATA", "/work/shared/data"))
+    parser.add_argument("--json", type=Path, help="write the rows as JSON to this file instead of RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows, start = {}, time.perf_counter()
@@ -98,6 +101,10 @@ def main() -> None:
     command = (f"CLKERNEL_DATA={args.data_root} .venv/bin/python contrib/cope/bench/reproduce.py --seeds "
                + " ".join(map(str, args.seeds)) + (f" --per-experience {args.per_experience}"
                                                    if args.per_experience else ""))
+    if args.json:
+        args.json.write_text(json.dumps([{"method": labels[m], "per_seed": [a / 100 for a in accs],
+                                          "published": reference[m], "seconds": s} for m, (accs, s) in rows.items()]))
+        return
     lines = [
         "# CoPE on online Split MNIST: reproduction", "",
         "Written by `bench/reproduce.py`; its docstring gives the exact setting and the differences from Avalanche's "

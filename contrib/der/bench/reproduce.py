@@ -13,13 +13,15 @@ in experience 2 with seed 0: end-of-experience logits up to 57 in absolute value
 
     CLKERNEL_DATA=/work/shared/data .venv/bin/python contrib/der/bench/reproduce.py [--seeds 0 1 2]
 
-Writes ``contrib/der/bench/RESULTS.md`` next to this script.
+Writes ``contrib/der/bench/RESULTS.md`` next to this script, or with ``--json PATH`` the rows as JSON to
+PATH instead (what ``tests/bench/reproduction_table.py`` reads).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -32,7 +34,9 @@ import torch
 import clkernel
 from clkernel_der import DERpp
 
-PUBLISHED = "91.00 +- 1.49 (Buzzega et al., 2020, NeurIPS, Table 2: S-MNIST, Class-IL, buffer 500)"
+PUBLISHED = {"derpp": "91.00 +- 1.49 (Buzzega et al., 2020, NeurIPS, Table 2: S-MNIST, Class-IL, buffer 500)",
+             "naive": "19.66 (SGD, same table)"}
+LABELS = {"derpp": "DER++ (buffer 500, alpha 1.0, beta 0.5)", "naive": "Naive"}
 
 
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
@@ -63,6 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data-root", default=os.environ.get("CLKERNEL_DATA", "/work/shared/data"))
+    parser.add_argument("--json", type=Path, help="write the rows as JSON to this file instead of RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows, start = {}, time.perf_counter()
@@ -82,6 +87,10 @@ def main() -> None:
 
     command = f"CLKERNEL_DATA={args.data_root} .venv/bin/python contrib/der/bench/reproduce.py --seeds " + \
         " ".join(map(str, args.seeds))
+    if args.json:
+        args.json.write_text(json.dumps([{"method": LABELS[m], "per_seed": [a for a, _ in accs],
+                                          "published": PUBLISHED[m], "seconds": s} for m, (accs, s) in rows.items()]))
+        return
     lines = [
         "# DER++ on Split MNIST: reproduction", "",
         "Written by `bench/reproduce.py`; see its docstring for the exact setting and the differences from the "
@@ -93,10 +102,8 @@ def main() -> None:
         "| method | final accuracy, mean over the 5 experiences (%) | whole test stream (%) | published (%) | "
         "wall time |",
         "|---|---|---|---|---|",
-        f"| DER++ (buffer 500, alpha 1.0, beta 0.5) | {fmt(rows['derpp'][0], 0)} | {fmt(rows['derpp'][0], 1)} | "
-        f"{PUBLISHED} | {rows['derpp'][1]:.0f} s |",
-        f"| Naive | {fmt(rows['naive'][0], 0)} | {fmt(rows['naive'][0], 1)} | 19.66 (SGD, same table) | "
-        f"{rows['naive'][1]:.0f} s |", "",
+        *(f"| {LABELS[m]} | {fmt(accs, 0)} | {fmt(accs, 1)} | {PUBLISHED[m]} | {seconds:.0f} s |"
+          for m, (accs, seconds) in rows.items()), "",
         f"Means +- standard deviation over seeds {args.seeds} (Mammoth reports 10 runs).",
     ]
     out = Path(__file__).with_name("RESULTS.md")

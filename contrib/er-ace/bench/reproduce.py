@@ -10,13 +10,15 @@ paper's claim that ER-ACE improves on ER (shown there on Split CIFAR-10/100 and 
 
     CLKERNEL_DATA=/work/shared/data .venv/bin/python contrib/er-ace/bench/reproduce.py [--seeds 0 1]
 
-Writes ``contrib/er-ace/bench/RESULTS.md`` next to this script.
+Writes ``contrib/er-ace/bench/RESULTS.md`` next to this script, or with ``--json PATH`` the rows as JSON to
+PATH instead (what ``tests/bench/reproduction_table.py`` reads).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -29,6 +31,9 @@ import torch
 import clkernel
 from clkernel_er_ace import ERACE
 
+LABELS = {"er-ace": "ER-ACE (buffer 500)", "er": "ER (replay, reservoir, buffer 500)", "naive": "Naive"}
+PUBLISHED = {"er-ace": "none published for Split MNIST (the paper: ER-ACE above ER on Split CIFAR-10/100 and "
+                       "MiniImageNet; Caccia et al., 2022, ICLR)", "er": "- (measured reference)", "naive": "-"}
 
 
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
@@ -62,6 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--data-root", default=os.environ.get("CLKERNEL_DATA", "/work/shared/data"))
+    parser.add_argument("--json", type=Path, help="write the rows as JSON to this file instead of RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows, start = {}, time.perf_counter()
@@ -81,6 +87,10 @@ def main() -> None:
 
     command = f"CLKERNEL_DATA={args.data_root} .venv/bin/python contrib/er-ace/bench/reproduce.py --seeds " + \
         " ".join(map(str, args.seeds))
+    if args.json:
+        args.json.write_text(json.dumps([{"method": LABELS[m], "per_seed": [a for a, _ in accs],
+                                          "published": PUBLISHED[m], "seconds": s} for m, (accs, s) in rows.items()]))
+        return
     lines = [
         "# ER-ACE on Split MNIST: reproduction", "",
         "Written by `bench/reproduce.py`; see its docstring for the exact setting.", "",
@@ -91,8 +101,7 @@ def main() -> None:
         "| method | final accuracy, mean over the 5 experiences (%) | whole test stream (%) | wall time |",
         "|---|---|---|---|",
         *(f"| {label} | {fmt(rows[key][0], 0)} | {fmt(rows[key][0], 1)} | {rows[key][1]:.0f} s |"
-          for key, label in (("er-ace", "ER-ACE (buffer 500)"), ("er", "ER (replay, reservoir, buffer 500)"),
-                             ("naive", "Naive"))),
+          for key, label in LABELS.items()),
         "",
         f"Means +- standard deviation over seeds {args.seeds}. Published: no ER-ACE value on Split MNIST exists; "
         "the paper reports ER-ACE above ER on Split CIFAR-10/100 and MiniImageNet (Caccia et al., 2022, ICLR).",

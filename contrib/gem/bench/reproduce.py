@@ -20,7 +20,8 @@ continual-learning-baselines reproduce this setting with the target 0.83 (``stra
     .venv/bin/python contrib/gem/bench/reproduce.py                     # GEM and the single baseline, 20 tasks
     .venv/bin/python contrib/gem/bench/reproduce.py --runs gem --tasks 10   # a reduced setting, if time is short
 
-Results go to ``RESULTS.md`` (and ``results.json``) next to this script.
+Results go to ``RESULTS.md`` (and ``results.json``) next to this script; with ``--json PATH`` this run's rows go to
+PATH as JSON instead (what ``tests/bench/reproduction_table.py`` reads).
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", default=str(DEFAULT_ROOT))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="write the rows as JSON to this file instead of RESULTS.md")
     args = parser.parse_args()
     methods = [m.strip() for m in args.runs.split(",") if m.strip()]
     if any(m not in REFERENCE for m in methods):
@@ -145,6 +147,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     path = HERE / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
+    rows = []
     for method in methods:
         out = run(method, args.tasks, args.samples, args.seed, args.data_root)
         key = method if (args.tasks, args.samples) == (20, 1000) else f"{method}-{args.tasks}tasks-{args.samples}"
@@ -155,8 +158,17 @@ def main() -> int:
                            f"--samples {args.samples} --seed {args.seed} --threads {args.threads}{root}")
         results[key] = out
         print(f"{key}: ACC {out['acc']:.4f}, BWT {out['bwt']:+.4f} in {out['seconds']:.0f} s", flush=True)
+        if args.json:  # the rows, for tests/bench/reproduction_table.py, instead of results.json and RESULTS.md
+            ref, source = REFERENCE[method]
+            rows.append({"method": {"gem": "GEM", "single": "plain SGD (single)"}[method], "per_seed": [out["acc"]],
+                         "detail": f"BWT {out['bwt']:+.4f}", "seconds": out["seconds"],
+                         "published": source if ref is None else f"{ref:.2f} ({source})"})
+            args.json.write_text(json.dumps(rows))
+            continue
         path.write_text(json.dumps(results, indent=1) + "\n")
         (HERE / "RESULTS.md").write_text(write_results(results))
+    if args.json:
+        return 0
     print(write_results(results))
     return 0
 

@@ -15,13 +15,15 @@ steps (the authors': the same); inputs normalised (mean 0.1307, std 0.3081).
 
     CLKERNEL_DATA=/work/shared/data .venv/bin/python contrib/gss/bench/reproduce.py [--seeds 0 1 2]
 
-Writes ``contrib/gss/bench/RESULTS.md`` next to this script.
+Writes ``contrib/gss/bench/RESULTS.md`` next to this script, or with ``--json PATH`` the rows as JSON to
+PATH instead (what ``tests/bench/reproduction_table.py`` reads).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -82,6 +84,7 @@ def main() -> None:
     parser.add_argument("--per-experience", type=int, default=1000,
                         help="training samples per experience (the authors' setting: 1000)")
     parser.add_argument("--data-root", default=os.environ.get("CLKERNEL_DATA", "/work/shared/data"))
+    parser.add_argument("--json", type=Path, help="write the rows as JSON to this file instead of RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows, start = {}, time.perf_counter()
@@ -103,6 +106,10 @@ def main() -> None:
     reference = {"gss": REFERENCE, "replay": "-", "naive": "-"}
     command = (f"CLKERNEL_DATA={args.data_root} .venv/bin/python contrib/gss/bench/reproduce.py --seeds "
                + " ".join(map(str, args.seeds)) + f" --per-experience {args.per_experience}")
+    if args.json:
+        args.json.write_text(json.dumps([{"method": labels[m], "per_seed": [a for a, _ in accs],
+                                          "published": reference[m], "seconds": s} for m, (accs, s) in rows.items()]))
+        return
     lines = [
         "# GSS-greedy on online Split MNIST: reproduction", "",
         "Written by `bench/reproduce.py`; its docstring gives the exact setting and the differences from the "

@@ -17,13 +17,15 @@ and averages over samples, ours averages over both (Adam's steps hardly depend o
 
     CLKERNEL_DATA=/work/shared/data .venv/bin/python contrib/icarl/bench/reproduce.py [--seeds 0 1 2] [--epochs 20] [--temperature 2]
 
-Writes ``contrib/icarl/bench/RESULTS.md`` next to this script.
+Writes ``contrib/icarl/bench/RESULTS.md`` next to this script, or with ``--json PATH`` the rows as JSON to
+PATH instead (what ``tests/bench/reproduction_table.py`` reads).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -73,6 +75,7 @@ def main() -> None:
                         help="distillation targets sigmoid(old / T): 2 in van de Ven's code, 1 in the iCaRL paper")
     parser.add_argument("--methods", nargs="+", default=["icarl", "naive"], choices=["icarl", "naive"])
     parser.add_argument("--data-root", default=os.environ.get("CLKERNEL_DATA", "/work/shared/data"))
+    parser.add_argument("--json", type=Path, help="write the rows as JSON to this file instead of RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows, start = {}, time.perf_counter()
@@ -95,6 +98,10 @@ def main() -> None:
                + " ".join(map(str, args.seeds)) + f" --epochs {args.epochs} --temperature {args.temperature}")
     names = {"icarl": f"iCaRL (2000 exemplars, herding, NME, targets sigmoid(old / {args.temperature:g}))",
              "naive": "Naive (fine-tuning)"}
+    if args.json:
+        args.json.write_text(json.dumps([{"method": names[m], "per_seed": [a for a, _ in accs],
+                                          "published": PUBLISHED[m], "seconds": s} for m, (accs, s) in rows.items()]))
+        return
     lines = [
         "# iCaRL on Split MNIST: reproduction", "",
         "Written by `bench/reproduce.py`; its docstring gives the exact setting and the differences from the "

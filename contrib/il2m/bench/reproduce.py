@@ -19,13 +19,15 @@ raw [0, 1] pixels as there (split-mnist normalises them and a transform undoes t
 
     CLKERNEL_DATA=/work/shared/data .venv/bin/python contrib/il2m/bench/reproduce.py [--seeds 0 1 2] [--epochs 20]
 
-Writes ``contrib/il2m/bench/RESULTS.md`` next to this script.
+Writes ``contrib/il2m/bench/RESULTS.md`` next to this script, or with ``--json PATH`` the rows as JSON to
+PATH instead (what ``tests/bench/reproduction_table.py`` reads).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -88,6 +90,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["il2m-logits", "il2m-softmax"],
                         choices=["il2m-logits", "il2m-softmax", "naive"])
     parser.add_argument("--data-root", default=os.environ.get("CLKERNEL_DATA", "/work/shared/data"))
+    parser.add_argument("--json", type=Path, help="write the rows as JSON to this file instead of RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows, start = {}, time.perf_counter()
@@ -112,6 +115,10 @@ def main() -> None:
     names = {"il2m-logits": "IL2M (2000 exemplars, herding, raw scores rectified: the authors')",
              "il2m-softmax": "IL2M, softmax scores rectified",
              "ft": "the same model unrectified (fine-tuning with the memory)", "naive": "Naive (fine-tuning)"}
+    if args.json:
+        args.json.write_text(json.dumps([{"method": names[m], "per_seed": [a for a, _ in accs],
+                                          "published": PUBLISHED[m], "seconds": s} for m, (accs, s) in rows.items()]))
+        return
     lines = [
         "# IL2M on Split MNIST", "",
         "Written by `bench/reproduce.py`; its docstring gives the exact setting and the differences from the "

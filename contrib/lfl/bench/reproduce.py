@@ -6,7 +6,8 @@ lr 0.01 (no momentum), minibatch 128, 3 epochs per experience, ``lambda_e = 1e-4
 on each experience after the last one.
 
 The same script runs SGD without the plugin for context. ``--epochs`` reduces the epochs on a loaded machine
-(RESULTS.md then says so).
+(RESULTS.md then says so). ``--json PATH`` writes the rows as JSON to PATH instead of RESULTS.md (what
+``tests/bench/reproduction_table.py`` reads).
 
     .venv/bin/python contrib/lfl/bench/reproduce.py
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import shlex
@@ -71,6 +73,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-root", type=Path, default=DEFAULT_ROOT)
+    parser.add_argument("--json", type=Path, help="write the rows as JSON to this file instead of RESULTS.md")
     args = parser.parse_args()
     if not (args.data_root / "MNIST" / "raw").is_dir():
         print(f"MNIST not found under {args.data_root} (expected MNIST/raw/): pass --data-root", file=sys.stderr)
@@ -80,6 +83,11 @@ def main() -> int:
     for key, with_lfl in (("LFL", True), ("SGD (no plugin)", False)):
         results[key] = run(args, with_lfl)
         print(f"{key}: {results[key]['accuracy']:.4f} ({results[key]['seconds']:.0f} s)", flush=True)
+    if args.json:  # the rows, for tests/bench/reproduction_table.py, instead of RESULTS.md
+        args.json.write_text(json.dumps([{"method": key, "per_seed": [r["accuracy"]], "seconds": r["seconds"],
+                                          "published": REFERENCE[key] + f" ({SOURCE})" * (REFERENCE[key] != "-")}
+                                         for key, r in results.items()]))
+        return 0
     command = "nice -n 10 .venv/bin/python contrib/lfl/bench/reproduce.py " + " ".join(
         shlex.quote(a) for a in sys.argv[1:])
     reduced = "" if args.epochs == 3 else (f" Reduced: {args.epochs} epoch(s) per experience instead of 3 "

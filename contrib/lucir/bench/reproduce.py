@@ -17,13 +17,15 @@ nearest-mean-of-exemplars evaluation; accuracies are the CNN classifier's.
 
     CLKERNEL_DATA=/work/shared/data .venv/bin/python contrib/lucir/bench/reproduce.py [--seeds 0 1 2]
 
-Writes ``contrib/lucir/bench/RESULTS.md`` next to this script.
+Writes ``contrib/lucir/bench/RESULTS.md`` next to this script, or with ``--json PATH`` the rows as JSON to
+PATH instead (what ``tests/bench/reproduction_table.py`` reads).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -37,6 +39,8 @@ import clkernel
 from clkernel_lucir import LUCIR, CosineMLP
 
 MEMORY = 500
+PUBLISHED = {"lucir": "none published for Split MNIST (see below)", "replay": "- (measured reference)",
+             "naive": "19.66 (SGD, linear classifier; Buzzega et al., 2020, Table 2)"}
 
 
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
@@ -71,6 +75,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--policy", default="class_balanced", help="LUCIR's exemplar storage policy")
     parser.add_argument("--data-root", default=os.environ.get("CLKERNEL_DATA", "/work/shared/data"))
+    parser.add_argument("--json", type=Path, help="write the rows as JSON to this file instead of RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows, start = {}, time.perf_counter()
@@ -90,6 +95,12 @@ def main() -> None:
 
     command = f"CLKERNEL_DATA={args.data_root} .venv/bin/python contrib/lucir/bench/reproduce.py --seeds " + \
         " ".join(map(str, args.seeds)) + ("" if args.policy == "class_balanced" else f" --policy {args.policy}")
+    labels = {"lucir": f"LUCIR (memory 500, {args.policy}; lambda_base 5, m 0.5, K 2), cosine MLP",
+              "replay": "Experience Replay (memory 500, class-balanced), cosine MLP", "naive": "Naive, cosine MLP"}
+    if args.json:
+        args.json.write_text(json.dumps([{"method": labels[m], "per_seed": [a for a, _ in accs],
+                                          "published": PUBLISHED[m], "seconds": s} for m, (accs, s) in rows.items()]))
+        return
     lines = [
         "# LUCIR on Split MNIST", "",
         "Written by `bench/reproduce.py`; its docstring gives the exact setting.", "",
@@ -100,12 +111,8 @@ def main() -> None:
         "| method | final accuracy, mean over the 5 experiences (%) | whole test stream (%) | published (%) | "
         "wall time |",
         "|---|---|---|---|---|",
-        f"| LUCIR (memory 500, {args.policy}; lambda_base 5, m 0.5, K 2), cosine MLP | {fmt(rows['lucir'][0], 0)} | "
-        f"{fmt(rows['lucir'][0], 1)} | none published for Split MNIST (see below) | {rows['lucir'][1]:.0f} s |",
-        f"| Experience Replay (memory 500, class-balanced), cosine MLP | {fmt(rows['replay'][0], 0)} | "
-        f"{fmt(rows['replay'][0], 1)} | - (measured reference) | {rows['replay'][1]:.0f} s |",
-        f"| Naive, cosine MLP | {fmt(rows['naive'][0], 0)} | {fmt(rows['naive'][0], 1)} | 19.66 (SGD, linear classifier; "
-        f"Buzzega et al., 2020, Table 2) | {rows['naive'][1]:.0f} s |", "",
+        *(f"| {labels[m]} | {fmt(accs, 0)} | {fmt(accs, 1)} | {PUBLISHED[m]} | {seconds:.0f} s |"
+          for m, (accs, seconds) in rows.items()), "",
         (f"Means +- standard deviation over seeds {args.seeds}." if len(args.seeds) > 1 else
          f"One run per method, seed {args.seeds[0]} (the script's default runs seeds 0, 1 and 2; on this loaded "
          f"machine only one was run)."), "",

@@ -15,6 +15,9 @@ plugin by name, ``clkernel.Strategy``; the test accuracy is computed here over e
 
     .venv/bin/python contrib/si/bench/reproduce.py                  # reduced setting, SI and the baseline
     .venv/bin/python contrib/si/bench/reproduce.py --full           # the paper's setting (hours on a CPU)
+
+``--json PATH`` writes this run's rows as JSON to PATH instead of results.json and RESULTS.md (what
+``tests/bench/reproduction_table.py`` reads).
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ def main() -> int:
                         help="skip the fine-tuning baseline")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-root", type=Path, default=DEFAULT_ROOT)
+    parser.add_argument("--json", type=Path, help="write the rows as JSON to this file instead of RESULTS.md")
     args = parser.parse_args()
     if args.full:
         args.epochs, args.hidden, args.experiences = 20, 2000, 10
@@ -116,13 +120,21 @@ def main() -> int:
         + [f"{args.experiences} experiences instead of 10"] * (args.experiences != 10))
     path = HERE / "results.json"
     runs = [(f"SI (c={args.si_lambda:g}, xi={args.eps:g})", True)] + [("fine-tuning (no plugin)", False)] * args.baseline
+    rows = []
     for label, with_si in runs:
         r = run(args, with_si)
         r.update(label=label, setting=setting, reduced=reduced, command=command, threads=args.threads,
                  date=datetime.date.today().isoformat())
+        if args.json:  # the rows, for tests/bench/reproduction_table.py, instead of results.json and RESULTS.md
+            rows.append({"method": label, "per_seed": [r["accuracy"]], "seconds": r["seconds"], "published":
+                         f"{PAPER:.3f} ({PAPER_SOURCE}; full setting)" if label.startswith("SI (c=0.1,") else "-"})
+            args.json.write_text(json.dumps(rows))
+            continue
         stored = json.loads(path.read_text()) if path.exists() else {}  # re-read: keep every other run
         stored[f"{label} | {setting}"] = r
         path.write_text(json.dumps(stored, indent=1) + "\n")
+    if args.json:
+        return 0
     text = render(stored)
     (HERE / "RESULTS.md").write_text(text)
     print(text)

@@ -17,13 +17,15 @@ raw [0, 1] pixels as there (split-mnist normalises them and a transform undoes t
 
     CLKERNEL_DATA=/work/shared/data .venv/bin/python contrib/wa/bench/reproduce.py [--seeds 0 1 2] [--epochs 20]
 
-Writes ``contrib/wa/bench/RESULTS.md`` next to this script.
+Writes ``contrib/wa/bench/RESULTS.md`` next to this script, or with ``--json PATH`` the rows as JSON to
+PATH instead (what ``tests/bench/reproduction_table.py`` reads).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -73,6 +75,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["wa", "wa-noalign"],
                         choices=["wa", "wa-noalign", "naive"])
     parser.add_argument("--data-root", default=os.environ.get("CLKERNEL_DATA", "/work/shared/data"))
+    parser.add_argument("--json", type=Path, help="write the rows as JSON to this file instead of RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows, start = {}, time.perf_counter()
@@ -95,6 +98,10 @@ def main() -> None:
                + " ".join(map(str, args.seeds)) + f" --epochs {args.epochs}")
     names = {"wa": "WA (2000 exemplars, herding, KD T=2, aligning)", "wa-noalign": "the same without aligning (KD)",
              "naive": "Naive (fine-tuning)"}
+    if args.json:
+        args.json.write_text(json.dumps([{"method": names[m], "per_seed": [a for a, _ in accs],
+                                          "published": PUBLISHED[m], "seconds": s} for m, (accs, s) in rows.items()]))
+        return
     lines = [
         "# WA on Split MNIST", "",
         "Written by `bench/reproduce.py`; its docstring gives the exact setting and the differences from the "

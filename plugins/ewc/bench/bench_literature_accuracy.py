@@ -16,7 +16,9 @@ Reference values are those of ContinualAI's continual-learning-baselines (tested
 
 Data: MNIST from ``<repo>/../shared/data`` (or ``--data-root``), through the clkernel-benchmarks and
 clkernel-models plugins (installed from plugins/benchmarks and plugins/models). Accuracy is computed here, over
-every sample of the test stream. Results go to ``results.json`` and ``RESULTS.md`` next to this script.
+every sample of the test stream. Results go to ``results.json`` and ``RESULTS.md`` next to this script; with
+``--json PATH`` this run's rows go to PATH as JSON instead (what ``tests/bench/reproduction_table.py`` reads).
+``--epochs N`` overrides every run's epochs per experience (a smoke run; not the reference setting).
 
     .venv/bin/python plugins/ewc/bench/bench_literature_accuracy.py                 # all four runs
     .venv/bin/python plugins/ewc/bench/bench_literature_accuracy.py --runs ewc-pmnist --threads 1
@@ -78,7 +80,7 @@ def run(name: str, benchmark: Any, model: torch.nn.Module, optimizer: torch.opti
             "seconds": round(time.perf_counter() - start, 1)}
 
 
-def pmnist(root: str, ewc_lambda: float | None) -> dict[str, Any]:
+def pmnist(root: str, ewc_lambda: float | None, epochs: int = 10) -> dict[str, Any]:
     torch.manual_seed(0)
     benchmark = clkernel.load("benchmark", "permuted-mnist", n_experiences=10, dataset_root=root, download=False,
                               seed=0)
@@ -87,29 +89,30 @@ def pmnist(root: str, ewc_lambda: float | None) -> dict[str, Any]:
     plugins = [] if ewc_lambda is None else [clkernel.load("plugin", "ewc", ewc_lambda=ewc_lambda, mode="separate")]
     name = "naive-pmnist" if ewc_lambda is None else "ewc-pmnist" if ewc_lambda == 1 else f"ewc{ewc_lambda:g}-pmnist"
     return run(name, benchmark, model,
-               torch.optim.SGD(model.parameters(), lr=0.001), plugins, mb=256, epochs=10, seed=0)
+               torch.optim.SGD(model.parameters(), lr=0.001), plugins, mb=256, epochs=epochs, seed=0)
 
 
-def smnist(root: str, with_replay: bool) -> dict[str, Any]:
+def smnist(root: str, with_replay: bool, epochs: int = 1) -> dict[str, Any]:
     torch.manual_seed(0)
     benchmark = clkernel.load("benchmark", "split-mnist", n_experiences=5, dataset_root=root, download=False,
                               seed=0)
     model = clkernel.load("model", "simple-mlp", num_classes=10, input_size=784)
     plugins = [clkernel.load("plugin", "replay", mem_size=500, seed=0)] if with_replay else []
     return run("replay-smnist" if with_replay else "naive-smnist", benchmark, model,
-               torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), plugins, mb=32, epochs=1, seed=0)
+               torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), plugins, mb=32, epochs=epochs, seed=0)
 
 
-RUNS: dict[str, tuple[Callable[[str], dict[str, Any]], str, str, float | None]] = {
-    "ewc-pmnist": (lambda r: pmnist(r, 1.0), "EWC (lambda=1, separate)",
+RUNS: dict[str, tuple[Callable[..., dict[str, Any]], str, str, float | None]] = {
+    "ewc-pmnist": (lambda r, **kw: pmnist(r, 1.0, **kw), "EWC (lambda=1, separate)",
                    "Permuted MNIST, 10 exp., MLP 784-512-10 no dropout, SGD lr 0.001, 10 epochs, mb 256, seed 0",
                    0.83),
-    "naive-pmnist": (lambda r: pmnist(r, None), "Naive", "same as above, without EWC", None),
-    "ewc10000-pmnist": (lambda r: pmnist(r, 10000.0), "EWC (lambda=10000, separate)", "same as above", None),
-    "replay-smnist": (lambda r: smnist(r, True), "Replay (mem_size=500)",
+    "naive-pmnist": (lambda r, **kw: pmnist(r, None, **kw), "Naive", "same as above, without EWC", None),
+    "ewc10000-pmnist": (lambda r, **kw: pmnist(r, 10000.0, **kw), "EWC (lambda=10000, separate)", "same as above",
+                        None),
+    "replay-smnist": (lambda r, **kw: smnist(r, True, **kw), "Replay (mem_size=500)",
                       "Split MNIST class-incr., 5 exp., SimpleMLP, SGD lr 0.01 mom. 0.9, 1 epoch, mb 32, seed 0",
                       None),
-    "naive-smnist": (lambda r: smnist(r, False), "Naive", "same as above, without replay", None),
+    "naive-smnist": (lambda r, **kw: smnist(r, False, **kw), "Naive", "same as above, without replay", None),
 }
 REFERENCE_TEXT = {"ewc-pmnist": "0.83 (pass: >= 0.80)", "naive-pmnist": "-", "ewc10000-pmnist": "-",
                   "replay-smnist": "far above Naive", "naive-smnist": "about 0.2 (collapse)"}
@@ -153,6 +156,8 @@ def main() -> int:
     parser.add_argument("--data-root", default=str(DEFAULT_ROOT.resolve()))
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is much faster than 2 on a busy shared machine)")
+    parser.add_argument("--epochs", type=int, help="epochs per experience for every run (default: each run's own)")
+    parser.add_argument("--json", type=Path, help="write the rows as JSON to this file instead of RESULTS.md")
     args = parser.parse_args()
     wanted = [r.strip() for r in args.runs.split(",") if r.strip()]
     unknown = [r for r in wanted if r not in RUNS]
@@ -171,18 +176,27 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     results_path = HERE / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    rows = []
     for key in wanted:
-        out = RUNS[key][0](args.data_root)
+        out = RUNS[key][0](args.data_root, **({"epochs": args.epochs} if args.epochs else {}))
         root = "" if args.data_root == str(DEFAULT_ROOT.resolve()) else f" --data-root {shlex.quote(args.data_root)}"
         out["command"] = (f".venv/bin/python plugins/ewc/bench/bench_literature_accuracy.py --runs {key} "
-                          f"--threads {args.threads}{root}")
+                          f"--threads {args.threads}{root}" + (f" --epochs {args.epochs}" if args.epochs else ""))
         out["machine"] = f"CPU, {args.threads} thread{'s' if args.threads > 1 else ''}"
         results[key] = out
         target = RUNS[key][3]
         verdict = "" if target is None else (" PASS" if out["accuracy"] >= target - 0.03 else " FAIL")
         print(f"{key}: stream accuracy {out['accuracy']:.4f}{verdict} in {out['seconds']:.0f} s", flush=True)
+        if args.json:  # the rows, for tests/bench/reproduction_table.py, instead of results.json and RESULTS.md
+            rows.append({"method": RUNS[key][1], "per_seed": [out["accuracy"]], "seconds": out["seconds"],
+                         "published": REFERENCE_TEXT[key] + " (ContinualAI continual-learning-baselines)"
+                         * (REFERENCE_TEXT[key] != "-")})
+            args.json.write_text(json.dumps(rows))
+            continue
         results_path.write_text(json.dumps(results, indent=1) + "\n")
         (HERE / "RESULTS.md").write_text(write_table(results))
+    if args.json:
+        return 0
     (HERE / "RESULTS.md").write_text(write_table(results))
     print(write_table(results))
     return 0
