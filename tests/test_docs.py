@@ -7,6 +7,8 @@ Blocks are collected by their fence:
 * ```console: lines starting with ``$ `` are commands (the other lines are the output shown); ```bash: every
   line is a command (``\\`` continues a line, ``#`` starts a comment). Each command runs with ``bash -c`` in the
   block's own temporary folder, the interpreter's ``bin`` folder (the ``.venv``) first on ``PATH``.
+  Blocks of the same commands, with the same files, run once (the README's ``torchrun`` line is
+  docs/distributed.md's).
 * ```toml: must parse; a block whose first line is ``# FILE`` (``# run.toml``) is written as ``FILE`` into the
   folder of every command of the same document, so ``clkernel run --config run.toml`` finds it.
 * ```text: pseudocode, not run. A block of any other language (or none) fails: fence it as one of these.
@@ -29,6 +31,7 @@ import sys
 import textwrap
 import tomllib
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -238,7 +241,8 @@ class Runner:
         by_doc: dict[str, list[Block]] = {}
         for b in blocks:
             by_doc.setdefault(b.document, []).append(b)
-        jobs = []
+        jobs: list[tuple[list[Block], Any]] = []
+        shell: dict[tuple[Any, ...], list[Block]] = {}  # the same commands with the same files run once
         for doc, doc_blocks in by_doc.items():
             name, every = Path(doc).stem, [b for b in BLOCKS if b.document == doc]
             files = {b.file_name: b.code for b in every if b.file_name and b.language not in RUN}
@@ -257,8 +261,11 @@ class Runner:
                     reason = _skip_reason(b)
                     if reason:
                         self.skips[(doc, b.index)] = reason
+                    elif (key := (tuple(b.commands()), tuple(sorted(files.items())))) in shell:
+                        shell[key].append(b)  # covered by the job of the first such block
                     else:
-                        jobs.append(([b], lambda b=b, n=name, f=files: run_commands(b, folder / f"{n}-{b.index}", f)))
+                        shell[key] = [b]
+                        jobs.append((shell[key], partial(run_commands, b, folder / f"{name}-{b.index}", files)))
         jobs.sort(key=lambda job: not any(b.needs_real_data for b in job[0]))  # the long ones first
         for covered, job in jobs:
             future = self.pool.submit(job)
