@@ -24,9 +24,13 @@ def _clkernel(cwd: Path, *args: str, disable: str = "") -> subprocess.CompletedP
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
-def test_eval_streams_and_eval_every_choose_what_is_evaluated_and_when(tmp_path):
-    done = _clkernel(tmp_path, *ARGS, "--eval-streams", "train,test", "--eval-every", "1", "--output", "run")
-    assert done.returncode == 0, done.stderr
+def _in_process(cli_main, *args: str) -> int:
+    """``clkernel run`` in this process (``cli_main``, tests/conftest.py): what it computes or refuses."""
+    return cli_main("--log-format", "json", "run", *args)
+
+
+def test_eval_streams_and_eval_every_choose_what_is_evaluated_and_when(tmp_path, cli_main):
+    assert _in_process(cli_main, *ARGS, "--eval-streams", "train,test", "--eval-every", "1", "--output", "run") == 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     streams = {r["name"].rsplit("/", 1)[1] for r in rows if r["name"].startswith("acc_stream/eval/")}
     assert streams == {"train", "test"}
@@ -35,18 +39,18 @@ def test_eval_streams_and_eval_every_choose_what_is_evaluated_and_when(tmp_path)
     assert len(evaluations) == 10
 
 
-def test_a_stream_the_benchmark_lacks_is_a_usage_error_and_nothing_is_created(tmp_path):
-    done = _clkernel(tmp_path, *ARGS, "--eval-streams", "test,valid", "--output", "run")
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
+def test_a_stream_the_benchmark_lacks_is_a_usage_error_and_nothing_is_created(tmp_path, cli_main, capsys):
+    assert _in_process(cli_main, *ARGS, "--eval-streams", "test,valid", "--output", "run") == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         "clkernel run: error: --eval-streams: benchmark split-digits has no stream 'valid'; its streams: train, test"]
     assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("value, message", [("test,test", "names stream 'test' twice"), (",", "is empty")])
-def test_bad_stream_lists_are_usage_errors(tmp_path, value, message):
-    done = _clkernel(tmp_path, *ARGS, "--eval-streams", value)
-    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+def test_bad_stream_lists_are_usage_errors(tmp_path, cli_main, capsys, value, message):
+    assert _in_process(cli_main, *ARGS, "--eval-streams", value) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())
 
 

@@ -90,27 +90,10 @@ def test_runs_started_together_get_distinct_folders_each_with_its_results(tmp_pa
 
 
 @pytest.fixture
-def in_process(tmp_path, monkeypatch):
-    """``clkernel run`` in this process (no torch import to wait for), in ``tmp_path``; the logging set-up that
-    ``main`` changes is restored after."""
-    import logging
-
-    import structlog
-
-    from clkernel.cli import main
-
-    monkeypatch.chdir(tmp_path)
+def in_process(cli_main, monkeypatch):
+    """``clkernel run`` in this process (no torch import to wait for), in ``tmp_path``, without ``$CLKERNEL_DATA``."""
     monkeypatch.delenv("CLKERNEL_DATA", raising=False)
-    logger = logging.getLogger("clkernel")
-    saved = (list(logger.handlers), logger.level, logger.propagate, structlog.get_config())
-    yield lambda *args: main(["--log-format", "json", "run", *FAST, *args])
-    for handler in logger.handlers:
-        if handler not in saved[0]:
-            handler.close()
-    logger.handlers[:] = saved[0]
-    logger.setLevel(saved[1])
-    logger.propagate = saved[2]
-    structlog.configure(**saved[3])
+    return lambda *args: cli_main("--log-format", "json", "run", *FAST, *args)
 
 
 def test_an_output_folder_that_holds_files_is_refused_unless_overwrite(tmp_path, in_process, capsys,
