@@ -248,7 +248,8 @@ def render(results: list[tuple[Configuration, list[str], dict[str, Any]]], quick
         "`bench/RESULTS.md` and its script's docstring give the setting in full and how it differs from the "
         "source's. Wall time: the script's own timing of that method (all seeds), on a machine other jobs kept "
         "busy.", "",
-        "| method | benchmark | configuration | metric | measured (%) | published (source) | wall time | command |",
+        f"| method | benchmark | configuration{' (of the full run)' if quick else ''} | metric | measured (%) | "
+        "published (source) | wall time | command |",
         "|---|---|---|---|---|---|---|---|"]
     for config, argv, result in results:
         cmd = f"`{shlex.join(argv)}`"
