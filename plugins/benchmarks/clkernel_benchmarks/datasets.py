@@ -2,13 +2,16 @@
 
 In-memory datasets (MNIST, Fashion-MNIST, CIFAR, the embedded digits) come back as uint8 tensors shaped
 ``(N, C, H, W)`` with their targets; file-backed ones (Tiny ImageNet, CORe50) as torch datasets of PIL images.
-torchvision is imported inside the functions, so importing this module stays cheap.
+torchvision is imported inside the functions, and only where it is needed (MNIST files already unpacked are read
+without it), so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import struct
 import sys
 from importlib import resources
 from pathlib import Path
@@ -17,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["DATA_VARIABLE", "DatasetNotFoundError", "default_data_root", "load_cifar", "load_core50",
+__all__ = ["DATA_VARIABLE", "MNIST_FILES", "DatasetNotFoundError", "default_data_root", "load_cifar", "load_core50",
            "load_digits", "load_mnist_family", "load_tinyimagenet", "resolve_root"]
 
 #: Environment variable naming the folder that holds (or receives) the datasets.
@@ -81,15 +84,51 @@ def _torchvision(cls_name: str, root: Path, train: bool, download: bool, benchma
         raise _not_found(benchmark, cls_name, root, where, download, e) from e
 
 
+#: The uncompressed IDX files of MNIST and Fashion-MNIST in ``root/<name>/raw``, where torchvision puts them, in
+#: the order ``(x_train, y_train, x_test, y_test)``.
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+               "t10k-labels-idx1-ubyte")
+
+
 def load_mnist_family(name: str, root: Path, download: bool, benchmark: str,
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(x_train, y_train, x_test, y_test)`` of torchvision's ``MNIST`` or ``FashionMNIST``; x uint8 (N, 1, 28, 28)."""
+    """``(x_train, y_train, x_test, y_test)`` of torchvision's ``MNIST`` or ``FashionMNIST``: x uint8
+    ``(N, 1, 28, 28)``, y int64 ``(N,)``.
+
+    When the four uncompressed files (:data:`MNIST_FILES`) are in ``root/name/raw``, they are read here (the IDX
+    format of LeCun et al., 1998: a big-endian header, then the bytes), without importing torchvision, whose
+    import would double a process's start-up; otherwise torchvision's class finds, downloads and unpacks them.
+
+    :raises DatasetNotFoundError: when the files are absent and cannot (or may not) be downloaded.
+    :raises ValueError: for a file that is not an IDX file of unsigned bytes, or is truncated (named).
+    """
     where = root / name / "raw"
+    files = [where / f for f in MNIST_FILES]
+    if all(f.is_file() for f in files):
+        x_train, y_train, x_test, y_test = (_read_idx(f, benchmark) for f in files)
+        return x_train[:, None], y_train.long(), x_test[:, None], y_test.long()
     out = []
     for train in (True, False):
         ds = _torchvision(name, root, train, download, benchmark, where)
         out += [ds.data[:, None], ds.targets.to(torch.long)]
     return tuple(out)  # type: ignore[return-value]
+
+
+def _read_idx(path: Path, benchmark: str) -> torch.Tensor:
+    """An IDX file of unsigned bytes as a uint8 tensor of the shape its header gives."""
+    data = path.read_bytes()
+    ndim = data[3] if len(data) >= 4 and data[:3] == b"\x00\x00\x08" else 0
+    if not ndim:
+        raise ValueError(f"{benchmark}: {path} is not an IDX file of unsigned bytes (its first bytes are "
+                         f"{data[:4].hex() or 'missing'}, not 000008 and a dimension count); delete it to "
+                         f"download it again")
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim]) if len(data) >= 4 + 4 * ndim else None
+    expected = 4 + 4 * ndim + math.prod(shape) if shape else None
+    if expected != len(data):
+        raise ValueError(f"{benchmark}: {path} has {len(data)} bytes where its header announces "
+                         f"{expected or 'a longer header'}: the file is truncated or corrupt; delete it to "
+                         f"download it again")
+    return torch.frombuffer(bytearray(data[4 + 4 * ndim:]), dtype=torch.uint8).reshape(shape)
 
 
 def load_cifar(name: str, root: Path, download: bool, benchmark: str,
