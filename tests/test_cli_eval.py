@@ -18,10 +18,11 @@ ARGS = ("--benchmark", "split-digits", "--model", "simple-mlp", "--epochs", "2",
         "--logger", "jsonl")
 
 
-def _clkernel(cwd: Path, *args: str, disable: str = "") -> subprocess.CompletedProcess:
+def _clkernel(cwd: Path, *args: str, disable: str = "") -> subprocess.Popen:
+    """``clkernel run`` started in a new process (``communicate()`` waits for it)."""
     env = {**os.environ, "CLKERNEL_DISABLE_PLUGINS": disable}
-    return subprocess.run([sys.executable, "-m", "clkernel.cli", "--log-format", "json", "run", *args],
-                          capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    return subprocess.Popen([sys.executable, "-m", "clkernel.cli", "--log-format", "json", "run", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
 
 
 def _in_process(cli_main, *args: str) -> int:
@@ -55,11 +56,17 @@ def test_bad_stream_lists_are_usage_errors(tmp_path, cli_main, capsys, value, me
 
 
 def test_without_a_metric_package_the_console_still_shows_the_final_accuracy(tmp_path):
-    metrics = _clkernel(tmp_path, *ARGS, "--output", "with")
-    bare = _clkernel(tmp_path, *ARGS, "--output", "without", disable="clkernel-metrics")
-    assert metrics.returncode == 0 and bare.returncode == 0, bare.stderr
-    assert "pip install clkernel-metrics" in bare.stderr
-    line = next(x for x in bare.stdout.splitlines() if x.startswith("final results: "))
+    procs = [_clkernel(tmp_path, *ARGS, "--output", "with"),  # the two runs side by side
+             _clkernel(tmp_path, *ARGS, "--output", "without", disable="clkernel-metrics")]
+    try:
+        (_, metrics_err), (bare_out, bare_err) = (p.communicate(timeout=300) for p in procs)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], metrics_err + bare_err
+    assert "pip install clkernel-metrics" in bare_err
+    line = next(x for x in bare_out.splitlines() if x.startswith("final results: "))
     printed = json.loads(line.removeprefix("final results: "))["accuracy/test"]
     rows = [json.loads(line) for line in (tmp_path / "with" / "metrics.jsonl").read_text().splitlines()]
     final = [r["value"] for r in rows if r["name"] == "acc_stream/eval/test"][-1]
