@@ -546,6 +546,12 @@ class MinibatchLoader:
     the epochs of an experience, instead of starting again each epoch. Items are read with
     ``dataset[i]`` (the view's transform group) and collated with torch's ``default_collate``.
 
+    Reading draws nothing from torch's global generator: the DataLoader's ``generator``, from which each pass
+    draws its workers' base seed, is by default one of its own seeded with ``torch.initial_seed()``. Dropout and
+    shuffles then come out the same whatever the loader options, and a run resumed inside an epoch continues as
+    it would have. Random per-sample transforms run in the workers, from the workers' seeds (as in PyTorch), so
+    those alone depend on the number of workers.
+
     :param dataset: the CLDataset to read.
     :param loader_options: keyword arguments of ``torch.utils.data.DataLoader``: ``num_workers``,
         ``pin_memory``, ``persistent_workers``, ``prefetch_factor``, ``worker_init_fn``, ... Without workers
@@ -563,6 +569,10 @@ class MinibatchLoader:
         if self.num_workers == 0:
             options.pop("persistent_workers", None)
             options.pop("prefetch_factor", None)
+        # Each pass draws its workers' base seed from this generator: from torch's global one, the draws would shift
+        # every later random number (dropout, shuffles) with the number of passes, hence with the loader options
+        # and the point a run resumed from.
+        options.setdefault("generator", torch.Generator().manual_seed(torch.initial_seed()))
         self._batches = _Batches()
         self._loader: torch.utils.data.DataLoader | None = torch.utils.data.DataLoader(
             dataset, batch_sampler=self._batches, **options)

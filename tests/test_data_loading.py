@@ -216,3 +216,44 @@ def test_get_batches_reads_ahead_with_workers_and_draws_one_at_a_time_without(fi
         # without workers read here, one draw at a time; with them read by the workers, 2 x 2 minibatches ahead
         assert len(drawn) == (3 if workers == 0 else 3 + 2 * 2)
         assert (set(x[:, 1].long().tolist()) == {os.getpid()}) == (workers == 0)
+
+
+def test_reading_draws_nothing_from_the_global_generator(files):
+    for options in ({}, {"num_workers": 2}, {"num_workers": 2, "persistent_workers": True}):
+        loader = MinibatchLoader(files, options)
+        state = torch.get_rng_state()
+        for _ in range(2):
+            assert [len(b[1]) for b in loader([[0, 1], [2, 3, 4]])] == [2, 3]
+        assert torch.equal(torch.get_rng_state(), state), options  # dropout and shuffles come out the same
+
+
+def test_a_run_over_files_ends_alike_whatever_the_loader_options_and_resumes_bit_identical(tmp_path):
+    from clkernel import Benchmark, Checkpointer, Experience, Stream, Strategy, run
+    from clkernel.checkpoint import checkpoint_files, read_checkpoint
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 6, generator=g), torch.arange(4).repeat(24)
+    x = x + 2 * torch.nn.functional.one_hot(y, 6)
+    files = CLDataset.from_dataset(torch.utils.data.TensorDataset(x, y), targets=y)  # read item by item
+    bench = Benchmark({name: Stream(name, [Experience(e, part.class_subset([2 * e, 2 * e + 1])) for e in range(2)])
+                       for name, part in (("train", files.subset(range(64))), ("test", files.subset(range(64, 96))))})
+
+    def train(options, every=0, resume=None):
+        torch.manual_seed(0)  # the model, its dropout and the loop's shuffles draw from torch's global generator
+        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Dropout(0.3),
+                                    torch.nn.Linear(16, 4))
+        checkpoint = Checkpointer(tmp_path / "checkpoints", every=every, keep=100) if every else None
+        strategy = Strategy(model, torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=8, train_epochs=2,
+                            device="cpu", loader_options=options, checkpoint=checkpoint)
+        run(strategy, bench, resume_from=resume)
+        return [p.detach().clone() for p in model.parameters()]
+
+    reference = train({})
+    for options in ({"num_workers": 2}, {"num_workers": 2, "persistent_workers": True}):
+        assert all(torch.equal(a, b) for a, b in zip(reference, train(options))), options
+    assert all(torch.equal(a, b) for a, b in zip(reference, train({"num_workers": 1}, every=3)))
+    inside = [f for f in checkpoint_files(tmp_path / "checkpoints")
+              if read_checkpoint(f)[0]["position"]["stage"] == "train"]
+    assert len(inside) >= 4
+    for f in (inside[1], inside[-1]):  # inside the first experience and the second
+        assert all(torch.equal(a, b) for a, b in zip(reference, train({"num_workers": 2}, resume=f))), f.name
