@@ -34,7 +34,7 @@ from clkernel.hookspecs import (
     EVENTS, REGISTRATION_FREQUENCY, REGISTRATION_HOOKS, SPEC, RegistrationHooks, TrainingEvents, plain_text,
     spec_arguments, spec_summary,
 )
-from clkernel.log import configure_logging, get_logger
+from clkernel.log import configure_logging, describe_exception, get_logger
 
 __all__ = ["CONTEXT_PARAMETERS", "EXIT_FAILED", "EXIT_SIGINT", "EXIT_SIGTERM", "EXIT_USAGE", "RUNS_FOLDER", "Terminated",
            "UsageError", "cmd_hooks", "cmd_plugins", "cmd_run", "cmd_show", "main"]
@@ -636,8 +636,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _interrupted(args.command, e)
     except Exception as e:  # noqa: BLE001 - the command reports any failure as exit code 1
         if args.command == "run" and _SIGNALS.pending is not None:  # the signal's consequence (a peer rank gone)
-            return _interrupted(args.command, _SIGNALS.pending, error=f"{type(e).__name__}: {e}"[:300])
-        log.exception("run_failed" if args.command == "run" else "command_failed", error=f"{type(e).__name__}: {e}")
+            return _interrupted(args.command, _SIGNALS.pending, error=describe_exception(e)[:300])
+        log.exception("run_failed" if args.command == "run" else "command_failed", error=describe_exception(e))
         return EXIT_FAILED
     finally:
         if args.command == "run":

@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["configure_logging", "describe_exception", "get_logger"]
 
 
 def get_logger(name: str = "clkernel") -> Any:
@@ -34,6 +34,19 @@ def get_logger(name: str = "clkernel") -> Any:
 
 
 _LEVELS = "debug, info, warning, error, critical"
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``"ExceptionType: message"``. An error that a ``DataLoader`` worker raised comes back in the main process
+    with the worker's whole traceback in its message; it is described by the traceback's last line (the
+    worker's exception and message) and the worker, e.g. ``"OSError: cannot read x.png (in DataLoader worker
+    process 0)"``."""
+    message = str(exc)
+    head, marker, tail = message.partition("\nOriginal Traceback (most recent call last):")
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    if marker and lines and head.startswith("Caught "):
+        return f"{lines[-1]} ({head.split(' ', 2)[-1].rstrip('.')})"
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def _level(name: str, what: str) -> int:

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from clkernel.log import get_logger
+from clkernel.log import describe_exception, get_logger
 import torch
 
 from clkernel.data import RESERVED_LOADER_OPTIONS, EpochLoader, set_batch_reader_options
@@ -625,9 +625,7 @@ def run(strategy: Strategy, benchmark: Benchmark, *, train_stream: str = "train"
 
 def _outcome_of(exc: BaseException) -> tuple[str, str]:
     """``("interrupted" | "failed", "ExceptionType: message")`` for the exception that ended a run."""
-    kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-    message = str(exc)
-    return kind, f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", describe_exception(exc)
 
 
 def _options(options: Mapping[str, Any] | None, target: Any, what: str, reserved: tuple[str, ...]) -> dict[str, Any]:

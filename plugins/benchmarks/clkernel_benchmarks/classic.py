@@ -30,7 +30,7 @@ from clkernel_benchmarks.generators import nc_benchmark, ni_benchmark, permuted_
 from clkernel_benchmarks.scenario import ScenarioBenchmark
 from clkernel_benchmarks.transforms import Normalize, RandomCropFlip, chain
 
-__all__ = ["core50", "image_folder", "permuted_mnist", "rotated_mnist", "split_cifar10", "split_cifar100",
+__all__ = ["ImageReader", "core50", "image_folder", "permuted_mnist", "rotated_mnist", "split_cifar10", "split_cifar100",
            "split_digits", "split_fmnist", "split_mnist", "split_tinyimagenet"]
 
 Transform = Callable[[Any], Any]
@@ -350,6 +350,33 @@ def split_digits(
                   class_ids_from_zero_in_each_exp, dataset="UCI digits (embedded)")
 
 
+class ImageReader:
+    """Reads an image file as torchvision's ``default_loader`` does (a PIL image, RGB), naming the file when it
+    cannot be read; with :attr:`size` set, also refusing an image of another size, whose minibatch could not
+    be stacked (the image-folder benchmark sets it to the first image's size when no ``image_size`` resizes).
+
+    :raises OSError: for a file PIL cannot read (corrupt, truncated, not an image).
+    :raises ValueError: for an image whose size is not :attr:`size`.
+    """
+
+    def __init__(self, size: tuple[int, int] | None = None) -> None:
+        #: ``(width, height)`` in pixels every image must have, or None for any.
+        self.size = size
+
+    def __call__(self, path: str) -> Any:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise OSError(f"image-folder: cannot read {path}: {e}") from None
+        if self.size is not None and image.size != self.size:
+            raise ValueError(f"image-folder: {path} is {image.size[0]}x{image.size[1]} pixels where the first image "
+                             f"is {self.size[0]}x{self.size[1]}; give image_size=N to resize every image to NxN")
+        return image
+
+
 def image_folder(
     *,
     root: str | None = None,
@@ -402,13 +429,23 @@ def image_folder(
     train_tf = v2.Compose(base + ([train_transform] if train_transform is not None else []))
     eval_tf = v2.Compose(base + ([eval_transform] if eval_transform is not None else []))
 
+    loader = ImageReader()
+
     def read(path: Path) -> Any:
         try:
-            return ImageFolder(str(path))
+            files = ImageFolder(str(path), loader=loader)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"image-folder: {e}") from None
+        if image_size is None and loader.size is None:  # every image must have the first one's size
+            loader.size = loader(files.samples[0][0]).size
+        return files
 
     split = (folder / "train").is_dir() and (folder / "test").is_dir()
+    if not split and ((folder / "train").is_dir() or (folder / "test").is_dir()):
+        has, lacks = ("train", "test") if (folder / "train").is_dir() else ("test", "train")
+        raise FileNotFoundError(f"image-folder: {str(folder)!r} has a {has}/ folder but no {lacks}/ folder: give "
+                                f"both, holding the same class folders, or put the class folders in the root itself "
+                                f"(test_size of each class is then the test set)")
     if split:
         if test_size is not None:
             raise ValueError(f"image-folder: test_size={test_size!r} but {str(folder)!r} has train/ and test/ "
