@@ -20,7 +20,7 @@ from clkernel.dispatch import Dispatcher, PluginError, compose
 from clkernel.modules import DynamicModule, adapt_model, eval_mode, model_forward, update_optimizer
 from clkernel.state import TrainState
 from clkernel.types import Benchmark, Experience, Stream, as_experiences
-from clkernel.validate import positive_int
+from clkernel.validate import non_negative_int, positive_int
 
 __all__ = ["NONFINITE_CHECK_EVERY", "Naive", "NonFiniteLossError", "Strategy", "run"]
 
@@ -75,8 +75,9 @@ class Strategy:
         device at every minibatch, every 1024 iterations (:data:`NONFINITE_CHECK_EVERY`) and at each epoch's end,
         before :func:`after_training_epoch`: the iterations after the first non-finite one run until then.
     :raises ValueError: for a size or epoch count that is not a positive integer, ``eval_every < -1``, an
-        ``on_nonfinite`` other than ``"raise"`` or ``"warn"``, or a ``loader_options`` / ``ddp_options`` key
-        that the DataLoader / DistributedDataParallel does not take (or that the loop sets itself).
+        ``on_nonfinite`` other than ``"raise"`` or ``"warn"``, a ``loader_options`` / ``ddp_options`` key
+        that the DataLoader / DistributedDataParallel does not take (or that the loop sets itself), or a
+        ``num_workers`` that is not a non-negative integer.
     :raises TypeError: when ``model`` is not a module.
     :raises CompositionError: when a plugin cannot be composed (see :func:`clkernel.dispatch.compose`).
 
@@ -129,6 +130,8 @@ class Strategy:
         device = torch.device(device or "cpu")
         self.loader_options = _options(loader_options, torch.utils.data.DataLoader, "loader_options",
                                        RESERVED_LOADER_OPTIONS)
+        if "num_workers" in self.loader_options:
+            non_negative_int(self.loader_options["num_workers"], "loader_options num_workers", "Strategy")
         self.ddp_options = _options(ddp_options, torch.nn.parallel.DistributedDataParallel, "ddp_options",
                                     ("module", "device_ids", "output_device"))
         self.plugins = list(plugins)

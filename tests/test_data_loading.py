@@ -111,6 +111,16 @@ def test_loader_options_the_loop_sets_itself_or_that_do_not_exist_are_refused(fi
             set_batch_reader_options(options)
 
 
+@pytest.mark.parametrize("workers", ["2", -1, 1.5, True])
+def test_a_strategy_refuses_a_number_of_workers_that_is_not_a_count(workers):
+    from clkernel import Strategy
+
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=f"Strategy: loader_options num_workers must be an integer >= 0, got "
+                                         f"{workers!r}"):
+        Strategy(model, torch.optim.SGD(model.parameters(), lr=0.1), loader_options={"num_workers": workers})
+
+
 def test_a_loader_of_another_dataset_is_refused(files):
     loader = MinibatchLoader(files.subset([0, 1]))
     with pytest.raises(ValueError, match="loader reads another dataset"):

@@ -202,6 +202,9 @@ class EWC:
         if mode not in self.MODES:
             raise ValueError(f"{self.name}: mode must be one of {self.MODES}, got {mode!r}")
         if mode == "online":
+            if decay_factor is None:
+                raise ValueError(f"{self.name}: mode='online' needs decay_factor, a number in [0, 1] by which the "
+                                 f"importances decay at each experience")
             decay_factor = unit_interval(decay_factor, "decay_factor", self.name)
         elif decay_factor is not None:
             raise ValueError(f"{self.name}: decay_factor applies to mode='online' only, got "

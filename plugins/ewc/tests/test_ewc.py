@@ -165,7 +165,7 @@ def test_grown_parameters_keep_their_old_penalty_and_new_units_are_free():
 @pytest.mark.parametrize("kwargs, match", [
     ({"ewc_lambda": -1}, "ewc_lambda must be a non-negative number"),
     ({"mode": "offline"}, "mode must be one of"),
-    ({"mode": "online"}, "decay_factor must be a number in"),
+    ({"mode": "online"}, "mode=.online. needs decay_factor, a number in \\[0, 1\\]"),
     ({"mode": "online", "decay_factor": 2.0}, "decay_factor"),
     ({"decay_factor": 0.5}, "decay_factor applies to mode='online' only"),
 ])
