@@ -662,6 +662,14 @@ class EpochLoader:
             self._reader = MinibatchLoader(self.dataset, self.loader_options)
         return iterate_minibatches(self.dataset, self.batch_size, shuffle=False, indices=order, loader=self._reader)
 
+    def close(self) -> None:
+        """Stop the worker processes reading files (persistent ones live until then); a later epoch starts
+        others. The loop closes each experience's loaders when it is done with them, so that no worker outlives
+        its experience, and none is copied into the processes a later ``DataLoader`` forks."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
     def __len__(self) -> int:
         """Minibatches per epoch on this rank."""
         n, w = len(self.dataset), self.world_size

@@ -203,6 +203,8 @@ class Strategy:
             return []
         if self._reader_options is not None:
             set_batch_reader_options(self._reader_options)
+        if self._loader is not None:  # a run that stopped inside an experience: its loader's workers stop
+            self._loader.close()
         try:
             self._fire("after_run")
         finally:  # files written before a failing after_run are still reported
@@ -297,6 +299,7 @@ class Strategy:
                 break
         s.experiences_trained += 1
         self._fire("after_training_exp")
+        self._loader.close()  # its persistent workers, if any
         self._in_experience = False
         log.info("experience_end", phase="train", experience=exp.index, epochs=s.epoch + 1)
         if ck is not None:  # always at an experience's end, before its evaluation
@@ -580,6 +583,7 @@ class Strategy:
                         if after_fw: after_fw(s)  # noqa: E701
                         s.epoch_iteration += 1
                         if after_it: after_it(s)  # noqa: E701
+                    s.dataloader.close()
                     self._fire("after_eval_exp")
                 self._fire("after_eval")
                 result = dict(s.metrics)

@@ -267,3 +267,27 @@ def test_a_run_over_files_ends_alike_whatever_the_loader_options_and_resumes_bit
     assert len(inside) >= 4
     for f in (inside[1], inside[-1]):  # inside the first experience and the second
         assert all(torch.equal(a, b) for a, b in zip(reference, train({"num_workers": 2}, resume=f))), f.name
+
+
+def test_no_worker_outlives_the_experience_it_read(files):
+    import multiprocessing
+
+    import clkernel
+    from clkernel import Experience, Strategy
+
+    model = torch.nn.Linear(2, 3)
+    seen = []
+
+    class Watch:
+        @clkernel.hookimpl
+        def after_training_epoch(self, state):
+            seen.append(len(multiprocessing.active_children()))
+
+    with Strategy(model, torch.optim.SGD(model.parameters(), lr=0.1), plugins=[Watch()], train_mb_size=4,
+                  train_epochs=2, device="cpu",
+                  loader_options={"num_workers": 2, "persistent_workers": True}) as strategy:
+        strategy.train(Experience(0, files))
+        assert seen == [2, 2]  # the experience's two workers, kept from one epoch to the next
+        assert multiprocessing.active_children() == []  # stopped with the experience
+        strategy.eval([Experience(0, files)])
+        assert multiprocessing.active_children() == []
