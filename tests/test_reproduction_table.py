@@ -26,7 +26,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], str]:
     if not (SHARED_DATA / "MNIST" / "raw").is_dir():
         pytest.skip(f"real MNIST not found in {SHARED_DATA} (the shared data folder is absent)")
     tmp = tmp_path_factory.mktemp("table")
-    proc = subprocess.run([sys.executable, "tests/bench/reproduction_table.py", "--quick", "--jobs", "2",
+    proc = subprocess.run([sys.executable, "tests/bench/reproduction_table.py", "--quick",
                            "--data-root", str(SHARED_DATA), "--output", str(tmp / "results.md"),
                            "--json", str(tmp / "results.json")], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)

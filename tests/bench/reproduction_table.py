@@ -12,11 +12,13 @@ the wall time; then the date, the machine and the total wall time.
 ``--quick`` runs every command at one epoch (where the script has the option), one seed, the fewest tasks and
 samples its options allow, on a tiny copy of MNIST (the first 1,000 training and 500 test images, made in a
 temporary folder from the real files); the configurations of one script that differ only in ``--runs`` run as one
-command. A smoke test of the commands, not the reproduction: the page says QUICK on every value. The full table
+command, and every command runs in this process, one after the other (the script as ``__main__`` with its command
+line: no interpreter start or torch import per command; so no ``--jobs``). A smoke test of the commands,
+not the reproduction: the page says QUICK on every value. The full table
 takes hours on a 2-core CPU (about 4.3 hours one at a time, from the wall times of the RESULTS.md files).
 
     .venv/bin/python tests/bench/reproduction_table.py --jobs 2              # the full table -> docs/results.md
-    .venv/bin/python tests/bench/reproduction_table.py --quick --jobs 2 --output /tmp/results.md
+    .venv/bin/python tests/bench/reproduction_table.py --quick --output /tmp/results.md
     .venv/bin/python tests/bench/reproduction_table.py --only der gem --output /tmp/results.md
 
 Real data: ``--data-root``, default ``$CLKERNEL_DATA`` or ``<repo>/../shared/data`` (MNIST in torchvision's layout).
@@ -27,16 +29,20 @@ for bad options or missing data.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import io
 import json
 import os
 import platform
+import runpy
 import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -197,13 +203,38 @@ def merge_runs(commands: list[list[str]]) -> list[list[str]]:
     return [list(key) if at is None else [*key[:at], ",".join(groups[key]), *key[at + 1:]] for key, at in keys]
 
 
-def run(argv: list[str], out: Path) -> dict[str, Any]:
-    """Run ``argv`` with ``--json out`` and return its rows, exit status, seconds and output."""
+def run(argv: list[str], out: Path, here: bool = False) -> dict[str, Any]:
+    """Run ``argv`` with ``--json out`` and return its rows, exit status, seconds and output: as a subprocess, or
+    with ``here`` in this process (the script run as ``__main__`` with that command line, from the repository
+    root), which spares an interpreter start and torch's import per command."""
     start = time.perf_counter()
-    proc = subprocess.run([*argv, "--json", str(out)], cwd=REPO, capture_output=True, text=True)
+    if here:
+        code, output = _run_here([argv[1], *argv[2:], "--json", str(out)])
+    else:
+        proc = subprocess.run([*argv, "--json", str(out)], cwd=REPO, capture_output=True, text=True)
+        code, output = proc.returncode, proc.stdout + proc.stderr
     seconds = time.perf_counter() - start
-    rows = json.loads(out.read_text()) if proc.returncode == 0 and out.exists() else []
-    return {"rows": rows, "returncode": proc.returncode, "seconds": seconds, "output": proc.stdout + proc.stderr}
+    rows = json.loads(out.read_text()) if code == 0 and out.exists() else []
+    return {"rows": rows, "returncode": code, "seconds": seconds, "output": output}
+
+
+def _run_here(argv: list[str]) -> tuple[int, str]:
+    saved, cwd, output = sys.argv, os.getcwd(), io.StringIO()
+    code = 0
+    try:
+        sys.argv = argv
+        os.chdir(REPO)
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            runpy.run_path(str(REPO / argv[0]), run_name="__main__")
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    except Exception:  # noqa: BLE001 - reported as the command's failure, with its traceback
+        code = 1
+        output.write(traceback.format_exc())
+    finally:
+        sys.argv = saved
+        os.chdir(cwd)
+    return code, output.getvalue()
 
 
 def machine() -> str:
@@ -277,9 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = {c.name for c in CONFIGURATIONS} | {c.package for c in CONFIGURATIONS}
     unknown = sorted(set(args.only or ()) - names)
-    if unknown or args.jobs < 1:
+    if unknown or args.jobs < 1 or (args.quick and args.jobs > 1):
         what = (f"--only: unknown {', '.join(unknown)} (names: {', '.join(c.name for c in CONFIGURATIONS)})"
-                if unknown else f"--jobs must be at least 1, got {args.jobs}")
+                if unknown else f"--jobs must be at least 1, got {args.jobs}" if args.jobs < 1 else
+                "--jobs does not go with --quick, whose commands run one after the other in this process")
         print(f"reproduction_table: {what}", file=sys.stderr)
         return 2
     if not (args.data_root / "MNIST" / "raw").is_dir():
@@ -298,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         distinct = list(dict.fromkeys(map(tuple, commands)))
 
         def one(i: int) -> dict[str, Any]:
-            result = run(list(distinct[i]), Path(tmp) / f"{i}.json")
+            result = run(list(distinct[i]), Path(tmp) / f"{i}.json", here=args.quick)
             names = ", ".join(c.name for c, cmd in zip(chosen, commands) if tuple(cmd) == distinct[i])
             status = "ok" if result["returncode"] == 0 else f"FAILED, exit status {result['returncode']}"
             print(f"{names}: {status} in {result['seconds']:.0f} s", flush=True)
