@@ -63,7 +63,7 @@ from clkernel.loop import Strategy, run
 from clkernel.names import parse_metric_name
 from clkernel.types import Benchmark
 
-__all__ = ["CHECKS", "CheckResult", "check_training_plugin", "torchrun"]
+__all__ = ["CHECKS", "CheckResult", "check_training_plugin", "cli_in_process", "torchrun"]
 
 #: The checks of :func:`check_training_plugin`, in the order they run.
 CHECKS: tuple[str, ...] = ("options", "compose", "state_dict", "resume")
@@ -76,6 +76,40 @@ class CheckResult:
     status: str
     detail: str
     seconds: float
+
+
+@contextlib.contextmanager
+def cli_in_process() -> Iterator[Callable[..., int]]:
+    """The ``clkernel`` command's ``main`` to call in this process, for tests of what a command computes or
+    refuses without an interpreter start and torch's import: ``main("run", "--benchmark", "split-digits")``
+    returns the exit code. On leaving, what ``main`` changes in the process is put back: the ``clkernel``
+    logger's handlers (those it added closed), level and propagation, structlog's configuration, and the random
+    generators it seeds (Python's, numpy's and torch's). Signals, exit codes of a real process and what the
+    interpreter does at start need a real process."""
+    import logging
+    import random
+
+    import numpy
+    import structlog
+
+    from clkernel.cli import main
+
+    logger = logging.getLogger("clkernel")
+    handlers, level, propagate, config = list(logger.handlers), logger.level, logger.propagate, structlog.get_config()
+    generators = random.getstate(), numpy.random.get_state(), torch.random.get_rng_state()
+    try:
+        yield lambda *argv: main([str(a) for a in argv])
+    finally:
+        for handler in logger.handlers:
+            if handler not in handlers:
+                handler.close()
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
+        structlog.configure(**config)
+        random.setstate(generators[0])
+        numpy.random.set_state(generators[1])
+        torch.random.set_rng_state(generators[2])
 
 
 class _Failure(AssertionError):

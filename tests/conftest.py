@@ -71,29 +71,9 @@ def run_cli() -> Callable[..., subprocess.CompletedProcess]:
 @pytest.fixture
 def cli_main(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., int]]:
     """``cli_main(*argv)``: ``clkernel *argv`` run by ``clkernel.cli.main`` in this process, in ``tmp_path``; returns
-    the exit code. No interpreter start, no torch import to wait for: for what a command computes or refuses; a real
-    process is for signals and what the interpreter itself does. What ``main`` changes in the process is restored
-    after: the logging set-up and the random generators it seeds (signal handlers ``main`` restores itself)."""
-    import logging
-    import random
-
-    import numpy
-    import structlog
-
-    from clkernel.cli import main
+    the exit code (:func:`clkernel.testing.cli_in_process`, which puts back what ``main`` changes)."""
+    from clkernel.testing import cli_in_process
 
     monkeypatch.chdir(tmp_path)
-    logger = logging.getLogger("clkernel")
-    saved = (list(logger.handlers), logger.level, logger.propagate, structlog.get_config())
-    generators = (random.getstate(), numpy.random.get_state(), torch.random.get_rng_state())
-    yield lambda *argv: main(list(argv))
-    for handler in logger.handlers:
-        if handler not in saved[0]:
-            handler.close()
-    logger.handlers[:] = saved[0]
-    logger.setLevel(saved[1])
-    logger.propagate = saved[2]
-    structlog.configure(**saved[3])
-    random.setstate(generators[0])
-    numpy.random.set_state(generators[1])
-    torch.random.set_rng_state(generators[2])
+    with cli_in_process() as main:
+        yield main

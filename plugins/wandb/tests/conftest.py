@@ -212,27 +212,14 @@ def clkernel_run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[
     """``clkernel_run(*args)``: ``clkernel --log-format json run *args`` in this process (no second start-up of
     torch and the tracker), returning ``(exit code, stdout, stderr)``; the logging set-up ``main`` changes is
     restored after."""
-    import logging
-
-    import structlog
-
-    from clkernel.cli import main
+    from clkernel.testing import cli_in_process
 
     monkeypatch.delenv("CLKERNEL_DATA", raising=False)
-    logger = logging.getLogger("clkernel")
-    saved = (list(logger.handlers), logger.level, logger.propagate, structlog.get_config())
+    with cli_in_process() as main:
+        def run(*args: str) -> tuple[int, str, str]:
+            capsys.readouterr()
+            code = main("--log-format", "json", "run", *args)
+            out, err = capsys.readouterr()
+            return code, out, err
 
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(["--log-format", "json", "run", *args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    for handler in logger.handlers:
-        if handler not in saved[0]:
-            handler.close()
-    logger.handlers[:] = saved[0]
-    logger.setLevel(saved[1])
-    logger.propagate = saved[2]
-    structlog.configure(**saved[3])
+        yield run
