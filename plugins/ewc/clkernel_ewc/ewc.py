@@ -147,7 +147,7 @@ class _QuadraticPenalty(torch.autograd.Function):
         for p, w, a in zip(params, weights, anchors):
             d = p.detach() - a
             g = d * w  # half the gradient, and the value's factor
-            total += torch.vdot(g.view(-1), d.view(-1))
+            total += torch.vdot(g.reshape(-1), d.reshape(-1))  # a copy only for other layouts (channels-last)
             grads.append(g)
         ctx.grads = grads
         return total

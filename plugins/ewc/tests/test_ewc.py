@@ -194,5 +194,11 @@ def test_quadratic_penalty_by_hand():
     (10 * value).backward()
     assert theta[0].grad.tolist() == pytest.approx([60.0, 160.0]) and theta[1].grad.tolist() == [[20.0]]
     assert float(quadratic_penalty([], [], [])) == 0.0
+    conv = torch.nn.Conv2d(2, 3, 2).to(memory_format=torch.channels_last)  # parameters not laid out in order
+    weight = torch.rand(3, 2, 2, 2)
+    value = quadratic_penalty([conv.weight], [weight], [torch.zeros(3, 2, 2, 2)])
+    value.backward()
+    torch.testing.assert_close(value.detach(), (weight * conv.weight.detach() ** 2).sum())
+    torch.testing.assert_close(conv.weight.grad, 2 * weight * conv.weight.detach())
     with pytest.raises(ValueError, match="2 parameters, 1 weights and 2 anchors"):
         quadratic_penalty(theta, weights[:1], anchors)
