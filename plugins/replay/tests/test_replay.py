@@ -138,9 +138,10 @@ def test_a_buffer_of_files_read_ahead_by_workers_gives_the_minibatches_and_check
     for workers in (0, 2):
         probe, replay = blobs.Probe(), Replay(mem_size=20, batch_size_mem=5, seed=0)
         model = blobs.make_model()
-        Strategy(model, torch.optim.SGD(model.parameters(), lr=0.05), plugins=[replay, probe], train_mb_size=8,
-                 train_epochs=2, device="cpu", generator=torch.Generator().manual_seed(0),
-                 loader_options={"num_workers": workers}).train(stream)
+        with Strategy(model, torch.optim.SGD(model.parameters(), lr=0.05), plugins=[replay, probe], train_mb_size=8,
+                      train_epochs=2, device="cpu", generator=torch.Generator().manual_seed(0),
+                      loader_options={"num_workers": workers}) as strategy:  # closing puts back the reader options
+            strategy.train(stream)
         runs.append(([y for _, y in probe.mbs], list(model.parameters()), replay.state_dict()["generator"]))
     (mbs, params, generator), (mbs_ahead, params_ahead, generator_ahead) = runs
     assert len(mbs) == len(mbs_ahead) == 2 * 2 * 8
