@@ -168,6 +168,16 @@ CONFIGURATIONS: tuple[Configuration, ...] = (
 )
 
 
+# Seconds each configuration took (all its rows, baselines included), from the wall times of the RESULTS.md
+# files: the full run starts the longest first, so that with --jobs the last to start is a short one.
+EXPECTED_SECONDS = {
+    "si": 2191, "rwalk": 2029, "wa": 1393, "icarl": 885, "mas": 869, "er-ace": 767, "si-c2": 701, "der": 682,
+    "lfl": 604, "rar": 587, "gem": 532, "agem": 511, "lucir": 450, "il2m": 437, "bic": 421, "gss": 400, "cope": 391,
+    "ewc-pmnist": 353, "ewc10000-pmnist": 326, "naive-pmnist": 269, "agem-single": 157, "mir": 153,
+    "gem-single": 114, "replay-smnist": 10, "naive-smnist": 6,
+}
+
+
 def tiny_mnist(source: Path, target: Path) -> Path:
     """A copy of MNIST under ``target`` (torchvision's layout, uncompressed IDX files) holding only the first
     ``QUICK_SAMPLES`` images of each split; returns ``target``. ``source`` holds ``MNIST/raw/`` as torchvision's."""
@@ -336,8 +346,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{names}: {status} in {result['seconds']:.0f} s", flush=True)
             return result
 
+        def expected(i: int) -> int:
+            return sum(EXPECTED_SECONDS.get(c.name, 0) for c, cmd in zip(chosen, commands) if tuple(cmd) == distinct[i])
+
+        order = sorted(range(len(distinct)), key=expected, reverse=True)
         with ThreadPoolExecutor(args.jobs) as pool:
-            by_command = dict(zip(distinct, pool.map(one, range(len(distinct)))))
+            by_command = dict(zip([distinct[i] for i in order], pool.map(one, order)))
     wall = time.perf_counter() - start
     results = []
     for config, cmd in zip(chosen, commands):
