@@ -59,3 +59,12 @@ def test_the_page_has_one_quick_row_per_method_with_its_command(quick):
         assert value and 0 <= float(value[1]) <= 100, line
         assert cells[7].startswith("`") and "--data-root" in cells[7], line
     assert "QUICK run" in page and "NOT the reproduction" in page
+
+
+def test_every_configuration_has_an_expected_time_for_the_longest_first_order():
+    import runpy
+
+    script = runpy.run_path(str(ROOT / "tests" / "bench" / "reproduction_table.py"))
+    names = {c.name for c in script["CONFIGURATIONS"]}
+    assert set(script["EXPECTED_SECONDS"]) == names
+    assert all(seconds > 0 for seconds in script["EXPECTED_SECONDS"].values())
