@@ -14,8 +14,8 @@ samples its options allow, on a tiny copy of MNIST (the first 1,000 training and
 temporary folder from the real files); the configurations of one script that differ only in ``--runs`` run as one
 command, and every command runs in this process, one after the other (the script as ``__main__`` with its command
 line: no interpreter start or torch import per command; so no ``--jobs``). A smoke test of the commands,
-not the reproduction: the page says QUICK on every value. The full table
-takes hours on a 2-core CPU (about 4.3 hours one at a time, from the wall times of the RESULTS.md files).
+not the reproduction: the page says QUICK on every value. The full table took 40 minutes with ``--jobs 2`` on a
+2-core CPU (2026-12-01: 2,392 s; the configurations' own times add up to 80 minutes).
 
     .venv/bin/python tests/bench/reproduction_table.py --jobs 2              # the full table -> docs/results.md
     .venv/bin/python tests/bench/reproduction_table.py --quick --output /tmp/results.md
@@ -168,13 +168,13 @@ CONFIGURATIONS: tuple[Configuration, ...] = (
 )
 
 
-# Seconds each configuration took (all its rows, baselines included), from the wall times of the RESULTS.md
-# files: the full run starts the longest first, so that with --jobs the last to start is a short one.
+# Seconds each configuration took in the full run of 2026-12-01 (all its rows, baselines included; --jobs 2 on
+# the 2-core machine): the full run starts the longest first, so that with --jobs the last to start is a short one.
 EXPECTED_SECONDS = {
-    "si": 2191, "rwalk": 2029, "wa": 1393, "icarl": 885, "mas": 869, "er-ace": 767, "si-c2": 701, "der": 682,
-    "lfl": 604, "rar": 587, "gem": 532, "agem": 511, "lucir": 450, "il2m": 437, "bic": 421, "gss": 400, "cope": 391,
-    "ewc-pmnist": 353, "ewc10000-pmnist": 326, "naive-pmnist": 269, "agem-single": 157, "mir": 153,
-    "gem-single": 114, "replay-smnist": 10, "naive-smnist": 6,
+    "icarl": 1230, "wa": 480, "il2m": 361, "ewc10000-pmnist": 337, "ewc-pmnist": 321, "naive-pmnist": 268,
+    "agem": 178, "si": 173, "rwalk": 160, "rar": 135, "der": 133, "si-c2": 125, "gem": 125, "cope": 101, "lfl": 96,
+    "lucir": 90, "er-ace": 81, "gss": 80, "mas": 75, "mir": 48, "bic": 40, "gem-single": 37, "agem-single": 33,
+    "replay-smnist": 19, "naive-smnist": 14,
 }
 
 
