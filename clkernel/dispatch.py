@@ -82,7 +82,8 @@ def compose(plugins: Iterable[Any], *, distributed: bool = False) -> pluggy.Plug
         try:
             pm.register(plugin, name=name)
         except (pluggy.PluginValidationError, ValueError) as e:
-            raise CompositionError(f"plugin {name!r} cannot be used: {' '.join(str(e).split())}") from e
+            raise CompositionError(_wrong_arguments(pm, name, plugin)
+                                   or f"plugin {name!r} cannot be used: {' '.join(str(e).split())}") from e
         callers = pm.get_hookcallers(plugin) or []
         unknown = [hc.name for hc in callers if hc.name not in SPEC]
         if unknown:
@@ -107,6 +108,19 @@ def compose(plugins: Iterable[Any], *, distributed: bool = False) -> pluggy.Plug
                                        f"calls that event directly, so it must be a plain implementation")
     pm.check_pending()
     return pm
+
+
+def _wrong_arguments(pm: pluggy.PluginManager, name: str, plugin: Any) -> str | None:
+    """The message for an event implementation of ``plugin`` taking arguments its event does not pass, or None."""
+    for attr in dir(plugin):
+        if attr not in SPEC or pm.parse_hookimpl_opts(plugin, attr) is None:
+            continue
+        passed = getattr(pm.hook, attr).spec.argnames
+        taken = [p for p in inspect.signature(getattr(plugin, attr)).parameters if p not in passed]
+        if taken:
+            return (f"plugin {name!r}: {attr}() takes {', '.join(map(repr, taken))}, which the event does not pass; "
+                    f"its arguments are ({', '.join(passed)})")
+    return None
 
 
 def _ordered(pm: pluggy.PluginManager, event: str) -> list[Any]:

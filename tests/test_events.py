@@ -296,7 +296,8 @@ def test_composition_mistakes_are_one_line_errors_naming_the_plugin():
                                                "default value"),
                              ([Plugin], r"plugin 'p' is a class: pass an instance, Plugin\(...\)"),
                              ([one, one], "plugin 'p' is listed twice"),
-                             ([WrongArgs()], "plugin 'wrong-args' cannot be used: .*strategy")):
+                             ([WrongArgs()], r"plugin 'wrong-args': after_training_exp\(\) takes 'strategy', which "
+                                             r"the event does not pass; its arguments are \(state\)$")):
         with pytest.raises(CompositionError, match=message) as info:
             make_strategy(plugins)
         assert "\n" not in str(info.value)
