@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import inspect
 import json
 import math
 import os
@@ -113,6 +114,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"{comp.kind} {comp.name}  (from {comp.source.label()})")
     if comp.summary:
         print(f"  {comp.summary}")
+    # the rest of the factory's docstring: what its options mean, in the author's words
+    rest = inspect.cleandoc(comp.factory.__doc__ or "").partition("\n\n")[2].strip()
+    for line in rest.splitlines():
+        print(f"  {line}".rstrip())
     print("options:" if comp.options() else "options: (none)")
     for p in comp.options().values():
         ann = "" if p.annotation is p.empty else f": {getattr(p.annotation, '__name__', p.annotation)}"
