@@ -19,7 +19,10 @@ import torch
 import clkernel
 
 def tiny_mlp(num_classes: int = 2, input_size: int = 4, hidden: int = 8, dropout: float = 0.0):
-    """A two-layer MLP for tests."""
+    """A two-layer MLP for tests.
+
+    hidden: width of the hidden layer.
+    """
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(input_size, hidden), torch.nn.ReLU(),
                                torch.nn.Linear(hidden, num_classes))
 
@@ -184,6 +187,23 @@ def test_registration_that_raises_is_recorded_and_leaves_nothing_behind():
     assert reg.available("model") == []
 
 
+def test_a_misspelt_registration_hook_is_named_with_the_hook_meant():
+    import types
+
+    module = types.ModuleType("typo")
+
+    @clkernel.hookimpl
+    def register_plugin(register):  # register_plugins
+        register("never", lambda: 1)
+
+    module.register_plugin = register_plugin
+    reg = Registry()
+    source = reg.add_module(module, "typo")
+    assert source.status == "error"
+    assert "'register_plugin' is not a registration hook (did you mean 'register_plugins'?" in source.error
+    assert reg.available("plugin") == []
+
+
 def test_options_are_parsed_to_the_factory_types(site):
     name, options = parse_options("model", "tiny-mlp:hidden=16,dropout=0.5,num_classes=3")
     assert name == "tiny-mlp" and options == {"hidden": 16, "dropout": 0.5, "num_classes": 3}
@@ -231,7 +251,8 @@ def test_plugins_json_lists_every_distribution_with_status(site):
 def test_show_prints_summary_and_options(site):
     result = run_cli(site, "show", "model", "tiny-mlp")
     assert result.returncode == 0, result.stderr
-    assert "A two-layer MLP for tests." in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[1:4] == ["  A two-layer MLP for tests.", "  hidden: width of the hidden layer.", "options:"], lines
     assert "hidden: int = 8" in result.stdout and "num_classes: int = 2  (filled by `clkernel run`)" in result.stdout
 
 
