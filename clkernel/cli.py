@@ -391,7 +391,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     resume = getattr(args, "resume", None)
     saved = _saved_config(resume) if resume is not None else None
     given: set[str] = set()
-    config = resolve_run_config(args, base=saved, given=given)
+    config = resolve_run_config(args, base=saved, given=given, base_source=resume and
+                                f"{Path(resume) / 'config.json'}, the resumed run's configuration")
     overwrite = bool(getattr(args, "overwrite", False))
     if saved is not None:
         _check_unchanged(resume, saved, config, given)

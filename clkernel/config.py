@@ -367,7 +367,7 @@ def check_component(kind: str, spec: Any, shown: str | None = None) -> tuple[str
 # ---------------------------------------------------------------------- the run
 
 def resolve_run_config(args: argparse.Namespace, base: dict[str, Any] | None = None,
-                       given: set[str] | None = None) -> dict[str, Any]:
+                       given: set[str] | None = None, base_source: str | None = None) -> dict[str, Any]:
     """The run's configuration: :data:`RUN_KEYS` defaults < the ``--config`` TOML file < flags, every value
     checked. A bad value is a :class:`UsageError` naming the option (or config key and file) and the value.
 
@@ -380,10 +380,12 @@ def resolve_run_config(args: argparse.Namespace, base: dict[str, Any] | None = N
 
     :param base: the values to start from instead of :data:`RUN_KEYS` (a resumed run's saved configuration).
     :param given: filled with the keys the config file or the flags set.
+    :param base_source: where ``base`` comes from, named in errors about its values (``run/config.json``).
     """
     start = {**RUN_KEYS, **(base or {})}
     config: dict[str, Any] = {k: (list(v) if isinstance(v, list) else v) for k, v in start.items() if k in RUN_KEYS}
-    shown: dict[str, str] = {k: flag(k) for k in RUN_KEYS}
+    shown: dict[str, str] = {k: f"{k} (in {base_source})" if base_source and k in (base or {}) else flag(k)
+                             for k in RUN_KEYS}
     given = set() if given is None else given
     config_path = getattr(args, "config", None)
     if config_path is not None:

@@ -113,6 +113,7 @@ def test_a_completed_run_has_nothing_to_resume(runs):
     ("changed-option", "--epochs 3 differs from the resumed run's 2"),
     ("no-config", "no config.json"),
     ("missing-folder", "no such folder"),
+    ("plugin-gone", "config.json, the resumed run's configuration): unknown plugin 'gone-plugin'"),
 ])
 def test_a_run_that_cannot_resume_is_exit_2_one_line_and_changes_nothing(runs, tmp_path, case, expect):
     folder = tmp_path / "run"
@@ -126,6 +127,9 @@ def test_a_run_that_cannot_resume_is_exit_2_one_line_and_changes_nothing(runs, t
         args += ["--epochs", "3", "--device", "cpu"]  # the device may change, the epochs may not
     elif case == "no-config":
         (folder / "config.json").unlink()
+    elif case == "plugin-gone":  # saved with a plugin since uninstalled: the saved configuration is named
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "plugin": [*config["plugin"], "gone-plugin"]}))
     else:
         args = ["--resume", str(tmp_path / "nowhere")]
     before = digest(tmp_path)
