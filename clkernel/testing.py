@@ -22,11 +22,12 @@ everything seeded: about a second) and checks, in this order:
     the uninterrupted run (one strategy, two ``train()`` calls, split after ``resume_at`` experiences) writes
     checkpoint files (:func:`clkernel.save_checkpoint`, through the loop's :class:`~clkernel.Checkpointer`) at
     each experience's end and inside experience ``resume_at``, after its first minibatch; a fresh model, optimizer,
-    plugin and strategy load one (:func:`clkernel.load_checkpoint`): the one at the split, or with
-    ``resume_inside=True`` the one inside the next experience, and train the remaining experiences, re-entering
-    the experience where the checkpoint was taken, as a killed run does. The model's parameters and buffers, and the plugin's
-    ``state_dict()``, must equal (``torch.equal``) those of the uninterrupted run: on one CPU, with the same seed
-    and the same order of operations, a faithful checkpoint resumes bit for bit. So the plugin must rebuild what
+    plugin and strategy load one (:func:`clkernel.load_checkpoint`) and train the remaining experiences,
+    re-entering the experience where the checkpoint was taken, as a killed run does: by default the one at the
+    split, then the one inside the next experience (``resume_inside`` picks one of the two). The model's
+    parameters and buffers, and the plugin's ``state_dict()``, must equal (``torch.equal``) those of the
+    uninterrupted run: on one CPU, with the same seed and the same order of operations, a faithful checkpoint
+    resumes bit for bit. So the plugin must rebuild what
     it derives in ``before_training_exp`` from its state when a run resumes inside an experience (that event does
     not fire again; see docs/checkpoint.md).
 
@@ -140,7 +141,7 @@ def check_training_plugin(
     resume_at: int | None = None,
     seed: int = 0,
     resume_atol: float = 0.0,
-    resume_inside: bool = False,
+    resume_inside: bool | None = None,
 ) -> list[CheckResult]:
     """Check the training plugin that ``factory(**options)`` builds: the checks of :data:`CHECKS` (see the
     module docstring for what each verifies).
@@ -159,10 +160,11 @@ def check_training_plugin(
         random state (restored afterwards).
     :param resume_atol: 0 demands bit-identical parameters after resuming. Give a small tolerance only for a
         plugin that cannot be bit-identical, and say why next to the call.
-    :param resume_inside: resume from a checkpoint taken inside an experience (after its first minibatch) rather
-        than at an experience's end: what ``clkernel run`` does after SIGKILL or SIGTERM at any moment. (Not the
-        default yet: plugins written before mid-experience checkpoints may rebuild state in events that a resumed
-        experience does not fire again.)
+    :param resume_inside: which checkpoint the ``resume`` check resumes from: by default both, one after the
+        other: the one at the end of experience ``resume_at`` and the one inside the next experience (after its
+        first minibatch), which is what ``clkernel run --resume`` meets after SIGKILL or SIGTERM at any moment.
+        ``True``: only the one inside; ``False``: only the one at the end (for a plugin that cannot yet resume
+        inside an experience: say why next to the call).
     :returns: one :class:`CheckResult` per check, in order (``options`` is skipped without ``name``).
     :raises AssertionError: ``"<plugin> fails check '<check>': <what differs>"``, for the first check that fails.
     :raises ValueError: for unusable arguments (no factory and no name, a stream too short, a bad ``resume_at``).
@@ -198,11 +200,15 @@ def check_training_plugin(
                 _check_compose(setup)
             with _check("state_dict", results, "weights_only round trip, load then state_dict, no live objects"):
                 _check_state_dict(setup, train_stream[:k], test_stream)
-            with _check("resume", results, f"resumed after {k} of {len(train_stream)} experiences"), \
-                    tempfile.TemporaryDirectory() as folder:
+            inside = [False, True] if resume_inside is None else [resume_inside]
+            where = " and ".join(f"inside experience {k + 1} of {len(train_stream)}, after its first minibatch"
+                                 if at_inside else f"after {k} of {len(train_stream)} experiences"
+                                 for at_inside in inside)
+            with _check("resume", results, f"resumed {where}"), tempfile.TemporaryDirectory() as folder:
                 model_a, plugin_a = _uninterrupted(setup, train_stream, test_stream, k, Path(folder))
-                _check_resume(setup, Path(folder), k, model_a, plugin_a, train_stream[k:], test_stream, resume_atol,
-                              resume_inside)
+                for at_inside in inside:
+                    _check_resume(setup, Path(folder), k, model_a, plugin_a, train_stream[k:], test_stream,
+                                  resume_atol, at_inside)
     except _Failure as e:
         raise AssertionError(f"{label} fails check '{e.check}': {e}") from e.__cause__
     finally:
@@ -269,8 +275,11 @@ def _check_options(name: str, options: Mapping[str, Any]) -> None:
                                   f"factory takes {expected}")
     for param in comp.options().values():
         if param.annotation is param.empty and param.default in (param.empty, None):
-            raise _Failure("options", f"option {param.name!r} has no annotation and no default: "
-                                      f"`clkernel run --plugin {name}:{param.name}=...` cannot convert its value")
+            what = "no default" if param.default is param.empty else "a default of None, which gives no type"
+            raise _Failure("options", f"option {param.name!r} has no annotation and {what}: "
+                                      f"`clkernel run --plugin {name}:{param.name}=...` can only guess its type from "
+                                      f"the text (5 an int, abc a string); annotate it "
+                                      f"({param.name}: int | None = None, for example)")
     try:
         inspect.signature(comp.factory).bind(**options)
     except TypeError as e:
@@ -407,8 +416,10 @@ def _check_resume(setup: _Setup, folder: Path, k: int, model_a: torch.nn.Module,
                   test: Any, atol: float, resume_inside: bool) -> None:
     positions = {f: read_checkpoint(f)[0]["position"] for f in checkpoint_files(folder)}
     inside = [f for f, p in positions.items() if p["stage"] == "train" and resume_inside]
+    at = f"inside experience {k + 1}"
     if not inside:  # at the split (or the experience ran no minibatch: a plugin skipped it)
         inside = [f for f, p in positions.items() if p["stage"] == "eval" and p["experience"] == k]
+        at = f"after experience {k}"
     model, optimizer, plugin = setup.build(setup.seed + 1)  # fresh objects owe nothing to the first run's seed
     strategy = setup.strategy(model, optimizer, [plugin], torch.Generator())
     load_checkpoint(inside[0], strategy)
@@ -424,13 +435,13 @@ def _check_resume(setup: _Setup, folder: Path, k: int, model_a: torch.nn.Module,
             diff = (value.double() - other.double()).abs().max().item()
             bad.append(f"{key} (max abs difference {diff:.3g})")
     if bad:
-        raise _Failure("resume", f"after resuming, {len(bad)} of {len(expected)} model tensors differ from the "
+        raise _Failure("resume", f"after resuming {at}, {len(bad)} of {len(expected)} model tensors differ from the "
                                  f"uninterrupted run: {', '.join(bad[:4])}; state_dict()/load_state_dict() do not "
                                  f"carry everything training depends on")
     if _has_state(plugin, "resume"):
         where = _differs(plugin_a.state_dict(), plugin.state_dict())
         if where is not None:
-            raise _Failure("resume", f"after resuming, the plugin's state_dict() differs from the uninterrupted "
+            raise _Failure("resume", f"after resuming {at}, the plugin's state_dict() differs from the uninterrupted "
                                      f"run's at {where}")
 
 

@@ -37,6 +37,34 @@ class Anchor:
         self.anchor = list(state["anchor"])
 
 
+class DerivedAtExperienceStart:
+    """Weighs its penalty by a factor derived from its state in before_training_exp only: a run resumed inside an
+    experience (where that event does not fire again) trains without it."""
+
+    name = "derived"
+
+    def __init__(self) -> None:
+        self.experiences, self.weight = 0, None
+
+    @clkernel.hookimpl
+    def before_training_exp(self, state):
+        self.weight = 0.01 * self.experiences
+
+    @clkernel.hookimpl
+    def loss_terms(self, state):
+        return None if self.weight is None else self.weight * sum(p.square().sum() for p in state.model.parameters())
+
+    @clkernel.hookimpl
+    def after_training_exp(self, state):
+        self.experiences += 1
+
+    def state_dict(self):
+        return {"experiences": self.experiences}
+
+    def load_state_dict(self, state):
+        self.experiences = state["experiences"]
+
+
 class Clip:
     """Stateless: clips gradients."""
 
@@ -142,12 +170,22 @@ def test_options_check_compares_the_registered_factory_with_clkernel_show():
     reset_registry(reg)
     try:
         assert check_training_plugin(name="kit-anchor", options={"strength": 0.5})[0].status == "passed"
-        with pytest.raises(AssertionError, match="fails check 'options'.*'strength' has no annotation"):
+        with pytest.raises(AssertionError, match="fails check 'options'.*'strength' has no annotation and a default "
+                                                 "of None, which gives no type"):
             check_training_plugin(name="kit-bare")
         with pytest.raises(AssertionError, match="fails check 'options'.*does not take"):
             check_training_plugin(Anchor, name="kit-anchor", options={"strenght": 0.5})
     finally:
         reset_registry(previous)
+
+
+def test_resume_is_checked_at_an_experience_end_and_inside_an_experience():
+    # at the end only (resume_inside=False) it resumes faithfully; inside, the derived weight is missing
+    results = check_training_plugin(DerivedAtExperienceStart, resume_inside=False)
+    assert results[-1].status == "passed" and results[-1].detail == "resumed after 2 of 4 experiences"
+    with pytest.raises(AssertionError, match=r"fails check 'resume': after resuming inside experience 3, \d+ of "
+                                             r"\d+ model tensors differ"):
+        check_training_plugin(DerivedAtExperienceStart)
 
 
 def test_unusable_arguments_are_value_errors():
@@ -161,7 +199,8 @@ def test_model_and_benchmark_can_be_given(blobs):
     bench = blobs.make_benchmark(num_exps=3)
     results = check_training_plugin(Anchor, model=blobs.make_model(num_classes=bench.num_classes), benchmark=bench,
                                     resume_at=1)
-    assert results[-1].detail == "resumed after 1 of 3 experiences"
+    assert results[-1].detail == ("resumed after 1 of 3 experiences and inside experience 2 of 3, after its first "
+                                  "minibatch")
     results = check_training_plugin(Anchor, model=lambda: blobs.make_model(num_classes=bench.num_classes),
                                     benchmark=bench)
     assert all(r.status == "passed" for r in results[1:])

@@ -11,5 +11,5 @@ from clkernel.testing import check_training_plugin
                                      {"patterns_per_experience": 10, "sample_size": 256, "seed": 1}],
                          ids=["sampled-reference", "whole-memory-reference"])
 def test_agem_conforms(options):
-    results = check_training_plugin(name="agem", options=options, resume_inside=True)
+    results = check_training_plugin(name="agem", options=options)
     assert [r.status for r in results] == ["passed"] * 4

@@ -12,5 +12,5 @@ from clkernel.testing import check_training_plugin
     ("derpp", {"mem_size": 50, "alpha": 0.5, "beta": 1.0, "storage_policy": "class_balanced"}),
 ])
 def test_der_conforms(name, options):
-    results = check_training_plugin(name=name, options=options, resume_inside=True)
+    results = check_training_plugin(name=name, options=options)
     assert [r.status for r in results] == ["passed"] * 4

@@ -12,5 +12,5 @@ from clkernel.testing import check_training_plugin
     ("er-aml", {"mem_size": 50, "temperature": 0.2, "storage_policy": "class_balanced"}),
 ])
 def test_er_ace_conforms(name, options):
-    results = check_training_plugin(name=name, options=options, resume_inside=True)
+    results = check_training_plugin(name=name, options=options)
     assert [r.status for r in results] == ["passed"] * 4

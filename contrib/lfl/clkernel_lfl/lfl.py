@@ -165,6 +165,9 @@ class LFL:
 
     @clkernel.hookimpl
     def before_forward(self, state: TrainState) -> None:
+        if self._handle is None:  # a run resumed inside an experience: the two events above did not fire again
+            self.before_training_exp(state)
+            self.before_training_epoch(state)
         self._capture.armed, self._capture.value = True, None
 
     @clkernel.hookimpl

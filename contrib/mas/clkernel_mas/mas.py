@@ -165,6 +165,8 @@ class MAS:
 
     @clkernel.hookimpl
     def loss_terms(self, state: TrainState) -> torch.Tensor | None:
+        if self.importances and not self._penalised:  # resumed inside an experience: no before_training_epoch
+            self._bind(state.model)
         return self.penalty()
 
     @clkernel.hookimpl

@@ -10,5 +10,5 @@ from clkernel.testing import check_training_plugin
 @pytest.mark.parametrize("options", [{}, {"alpha": [0.0, 1.0, 2.0, 2.0], "temperature": 1.0}],
                          ids=["default", "alpha-per-experience"])
 def test_lwf_conforms(options):
-    results = check_training_plugin(name="lwf", options=options, resume_inside=True)
+    results = check_training_plugin(name="lwf", options=options)
     assert [r.status for r in results] == ["passed"] * 4
