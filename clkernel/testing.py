@@ -83,7 +83,7 @@ class CheckResult:
 def cli_in_process() -> Iterator[Callable[..., int]]:
     """The ``clkernel`` command's ``main`` to call in this process, for tests of what a command computes or
     refuses without an interpreter start and torch's import: ``main("run", "--benchmark", "split-digits")``
-    returns the exit code. On leaving, what ``main`` changes in the process is put back: the ``clkernel``
+    returns the exit code (also argparse's, which a real process exits with). On leaving, what ``main`` changes in the process is put back: the ``clkernel``
     logger's handlers (those it added closed), level and propagation, structlog's configuration, and the random
     generators it seeds (Python's, numpy's and torch's). Signals, exit codes of a real process and what the
     interpreter does at start need a real process."""
@@ -98,8 +98,14 @@ def cli_in_process() -> Iterator[Callable[..., int]]:
     logger = logging.getLogger("clkernel")
     handlers, level, propagate, config = list(logger.handlers), logger.level, logger.propagate, structlog.get_config()
     generators = random.getstate(), numpy.random.get_state(), torch.random.get_rng_state()
+    def call(*argv: Any) -> int:
+        try:
+            return main([str(a) for a in argv])
+        except SystemExit as e:  # argparse: a usage error (2), --help or --version (0)
+            return e.code if isinstance(e.code, int) else int(e.code is not None)
+
     try:
-        yield lambda *argv: main([str(a) for a in argv])
+        yield call
     finally:
         for handler in logger.handlers:
             if handler not in handlers:

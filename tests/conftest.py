@@ -6,8 +6,9 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import importlib_metadata
 import pytest
@@ -54,18 +55,42 @@ def install_dist(tmp_path: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture
-def run_cli() -> Callable[..., subprocess.CompletedProcess]:
-    """``run_cli(site, cwd, *args)``: ``clkernel --log-format json run *args`` in a subprocess, in ``cwd``, with the
-    plugin distribution installed in ``site`` (by ``install_dist``) as the only one enabled, so its defaults are
-    the run's defaults."""
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., Any]]:
+    """``run_cli(site, cwd, *args)``: ``clkernel --log-format json run *args`` in ``cwd``, with the plugin
+    distribution installed in ``site`` (by ``install_dist``) as the only one enabled, so its defaults are the run's
+    defaults; returns its ``returncode``, ``stdout`` and ``stderr``.
 
-    def run(site: Path, cwd: Path, *args: str, entry_point: str = "toy") -> subprocess.CompletedProcess:
+    It runs in this process (:func:`clkernel.testing.cli_in_process`: no interpreter start, no torch import): the
+    site goes first on ``sys.path``, the other entry points are disabled with ``CLKERNEL_DISABLE_PLUGINS``, and the
+    registry is rebuilt from the entry points; afterwards the site's modules are forgotten and the registry with
+    them, so the next test's site of the same module name is imported afresh."""
+    from clkernel.discovery import reset_registry
+    from clkernel.testing import cli_in_process
+
+    sites: list[Path] = []
+
+    def run(site: Path, cwd: Path, *args: str, entry_point: str = "toy") -> Any:
         others = {ep.name for ep in importlib_metadata.entry_points(group="clkernel.plugins")} - {entry_point}
-        env = {**os.environ, "PYTHONPATH": str(site), "CLKERNEL_DISABLE_PLUGINS": ",".join(sorted(others))}
-        return subprocess.run([sys.executable, "-m", "clkernel.cli", "--log-format", "json", "run", *args],
-                              capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+        if site not in sites:
+            sites.append(site)
+            monkeypatch.syspath_prepend(str(site))
+        monkeypatch.setenv("CLKERNEL_DISABLE_PLUGINS", ",".join(sorted(others)))
+        monkeypatch.chdir(cwd)
+        reset_registry()
+        capsys.readouterr()
+        with cli_in_process() as main:
+            code = main("--log-format", "json", "run", *args)
+        out, err = capsys.readouterr()
+        return types.SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
-    return run
+    try:
+        yield run
+    finally:
+        for name, module in list(sys.modules.items()):
+            where = getattr(module, "__file__", None)
+            if where and any(Path(where).is_relative_to(site) for site in sites):
+                del sys.modules[name]
+        reset_registry()
 
 
 @pytest.fixture
