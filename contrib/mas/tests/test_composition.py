@@ -1,17 +1,16 @@
-"""MAS composed with replay and the default metrics, in Python and through the real ``clkernel`` command."""
+"""MAS composed with replay and the default metrics, in Python and in-process through clkernel's own ``main``."""
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import clkernel
 from clkernel import Strategy
+from clkernel.testing import cli_in_process
 from clkernel_mas import MAS
 
 pytest.importorskip("clkernel_replay", reason="clkernel-replay is not installed")
@@ -48,14 +47,16 @@ def test_mas_with_replay_and_default_metrics():
     assert all(math.isfinite(v) for v in results.values() if isinstance(v, float))
 
 
-def test_cli_run_with_replay(tmp_path):
+def test_cli_run_with_replay(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "clkernel.cli", "--log-format", "json", "run",
-                           "--benchmark", "split-digits", "--model", "simple-mlp:hidden_size=32",
-                           "--plugin", "replay:mem_size=100", "--plugin", "mas:lambda_reg=0.01,alpha=0.5",
-                           "--epochs", "1", "--logger", "jsonl", "--device", "cpu", "--output", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    with cli_in_process() as main:
+        code = main("--log-format", "json", "run",
+                    "--benchmark", "split-digits", "--model", "simple-mlp:hidden_size=32",
+                    "--plugin", "replay:mem_size=100", "--plugin", "mas:lambda_reg=0.01,alpha=0.5",
+                    "--epochs", "1", "--logger", "jsonl", "--device", "cpu", "--output", str(out))
+    err = capsys.readouterr().err
+    assert code == 0, err[-2000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     accuracy = [r["value"] for r in records if r["name"] == "acc_stream/eval/test"]
     assert len(accuracy) == 5 and 0.0 < accuracy[-1] <= 1.0  # evaluated after each of the 5 experiences
