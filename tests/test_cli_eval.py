@@ -4,10 +4,6 @@ even when no metric package is installed (computed once at the end, equal to wha
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -16,13 +12,6 @@ pytest.importorskip("clkernel_metrics")
 
 ARGS = ("--benchmark", "split-digits", "--model", "simple-mlp", "--epochs", "2", "--seed", "3",
         "--logger", "jsonl")
-
-
-def _clkernel(cwd: Path, *args: str, disable: str = "") -> subprocess.Popen:
-    """``clkernel run`` started in a new process (``communicate()`` waits for it)."""
-    env = {**os.environ, "CLKERNEL_DISABLE_PLUGINS": disable}
-    return subprocess.Popen([sys.executable, "-m", "clkernel.cli", "--log-format", "json", "run", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
 
 
 def _in_process(cli_main, *args: str) -> int:
@@ -55,16 +44,21 @@ def test_bad_stream_lists_are_usage_errors(tmp_path, cli_main, capsys, value, me
     assert not any(tmp_path.iterdir())
 
 
-def test_without_a_metric_package_the_console_still_shows_the_final_accuracy(tmp_path):
-    procs = [_clkernel(tmp_path, *ARGS, "--output", "with"),  # the two runs side by side
-             _clkernel(tmp_path, *ARGS, "--output", "without", disable="clkernel-metrics")]
+def test_without_a_metric_package_the_console_still_shows_the_final_accuracy(tmp_path, cli_main, capsys,
+                                                                            monkeypatch):
+    from clkernel.discovery import reset_registry
+
+    assert _in_process(cli_main, *ARGS, "--output", "with") == 0
+    capsys.readouterr()
+    monkeypatch.setenv("CLKERNEL_DISABLE_PLUGINS", "clkernel-metrics")
+    reset_registry()  # the registry is built again from the entry points, without the metrics package
     try:
-        (_, metrics_err), (bare_out, bare_err) = (p.communicate(timeout=300) for p in procs)
+        code = _in_process(cli_main, *ARGS, "--output", "without")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in procs] == [0, 0], metrics_err + bare_err
+        monkeypatch.delenv("CLKERNEL_DISABLE_PLUGINS")
+        reset_registry()
+    bare_out, bare_err = capsys.readouterr()
+    assert code == 0, bare_err
     assert "pip install clkernel-metrics" in bare_err
     line = next(x for x in bare_out.splitlines() if x.startswith("final results: "))
     printed = json.loads(line.removeprefix("final results: "))["accuracy/test"]

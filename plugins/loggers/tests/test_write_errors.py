@@ -12,7 +12,6 @@ import json
 import os
 import resource
 import signal
-import subprocess
 import sys
 from typing import Iterator
 
@@ -113,21 +112,24 @@ def test_a_file_size_limit_names_the_file(tmp_path):
     assert not list((tmp_path / "report").glob(".*.tmp"))  # no temporary file left
 
 
-def test_the_command_line_says_which_file_it_could_not_write(tmp_path):
+def test_the_command_line_says_which_file_it_could_not_write(tmp_path, monkeypatch, capsys):
     """``clkernel run`` on a full disk: exit code 1 and one line on the console naming the file."""
     pytest.importorskip("clkernel_benchmarks", reason="the run uses split-digits")
     pytest.importorskip("clkernel_metrics", reason="the run uses the default metrics")
+    from clkernel.testing import cli_in_process
+
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "metrics_train.csv").symlink_to("/dev/full")
-    env = {**os.environ, "CLKERNEL_DATA": str(tmp_path / "no-data")}
-    child = subprocess.run(
-        [sys.executable, "-m", "clkernel.cli", "run", "--benchmark", "split-digits:n_experiences=2", "--epochs", "1",
-         "--logger", "csv", "--output", str(run_dir), "--overwrite"],
-        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
-    assert child.returncode == 1, child.stderr[-3000:]
+    monkeypatch.setenv("CLKERNEL_DATA", str(tmp_path / "no-data"))
+    monkeypatch.chdir(tmp_path)
+    with cli_in_process() as main:  # clkernel's own main in this process: no interpreter start, no torch import
+        code = main("run", "--benchmark", "split-digits:n_experiences=2", "--epochs", "1", "--logger", "csv",
+                    "--output", str(run_dir), "--overwrite")
+    out, err = capsys.readouterr()
+    assert code == 1, err[-3000:]
     path = str(run_dir / "metrics_train.csv")
-    lines = [line for line in child.stderr.splitlines() if path in line]
-    assert len(lines) == 1, child.stderr
+    lines = [line for line in err.splitlines() if path in line]
+    assert len(lines) == 1, err
     assert f"the csv logger could not write {path!r}: No space left on device" in lines[0]
-    assert "Traceback" not in child.stderr + child.stdout
+    assert "Traceback" not in err + out
