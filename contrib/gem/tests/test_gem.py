@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +11,7 @@ import torch
 
 import clkernel
 from clkernel import Benchmark, CLDataset, Experience, Stream, Strategy
+from clkernel.testing import cli_in_process
 from clkernel_gem import GEM
 
 
@@ -182,21 +179,20 @@ def test_bad_options_are_refused_naming_them():
         GEM(eps=-1.0)
 
 
-def clkernel_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a tiny run: a second thread only competes with the first
-    return subprocess.run([sys.executable, "-m", "clkernel.cli", "--log-format", "json", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def test_command_line_run_with_replay(tmp_path):
+def test_command_line_run_with_replay(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
-    proc = clkernel_cli("run", "--benchmark", "split-digits", "--plugin", "replay:mem_size=100",
-                        "--plugin", "gem:patterns_per_experience=32,memory_strength=0.5", "--epochs", "1",
-                        "--logger", "report:plots=false", "--device", "cpu", "--output", str(out), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    with cli_in_process() as main:
+        code = main("--log-format", "json", "run", "--benchmark", "split-digits", "--plugin", "replay:mem_size=100",
+                    "--plugin", "gem:patterns_per_experience=32,memory_strength=0.5", "--epochs", "1",
+                    "--logger", "report:plots=false", "--device", "cpu", "--output", str(out))
+    err = capsys.readouterr().err
+    assert code == 0, err[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "completed"
-    bad = clkernel_cli("run", "--benchmark", "split-digits", "--plugin", "gem:patterns_per_experience=0",
-                       "--device", "cpu", "--output", str(tmp_path / "bad"), cwd=tmp_path)
-    assert bad.returncode == 2 and "patterns_per_experience" in bad.stderr
+    with cli_in_process() as main:
+        code = main("--log-format", "json", "run", "--benchmark", "split-digits",
+                    "--plugin", "gem:patterns_per_experience=0", "--device", "cpu", "--output", str(tmp_path / "bad"))
+    err = capsys.readouterr().err
+    assert code == 2 and "patterns_per_experience" in err
     assert not (tmp_path / "bad").exists()

@@ -1,22 +1,22 @@
-"""GSS-greedy composed with replay through the real ``clkernel`` command."""
+"""GSS-greedy composed with replay, run in-process through ``clkernel``'s own ``main``."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
+
+from clkernel.testing import cli_in_process
 
 
-def test_clkernel_run_composes_gss_with_replay(tmp_path):
-    clkernel = Path(sys.executable).parent / "clkernel"
+def test_clkernel_run_composes_gss_with_replay(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
-    proc = subprocess.run([str(clkernel), "--log-format", "json", "run", "--benchmark", "split-digits",
-                           "--plugin", "replay:mem_size=100", "--plugin", "gss:mem_size=100,batch_threshold=0.0",
-                           "--metric", "accuracy", "--epochs", "1",
-                           "--logger", "report:plots=false", "--output", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    with cli_in_process() as main:
+        code = main("--log-format", "json", "run", "--benchmark", "split-digits",
+                    "--plugin", "replay:mem_size=100", "--plugin", "gss:mem_size=100,batch_threshold=0.0",
+                    "--metric", "accuracy", "--epochs", "1",
+                    "--logger", "report:plots=false", "--output", str(out))
+    err = capsys.readouterr().err
+    assert code == 0, err[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "completed" and results["experiences_trained"] == 5
     assert 0.0 <= results["final_metrics"]["acc_stream/eval/test"] <= 1.0
