@@ -361,8 +361,12 @@ def _saved_config(resume: str) -> dict[str, Any]:
         status = None
     if status == "completed":
         raise UsageError(f"{where}: the run is completed (results.json); nothing to resume")
-    # where the data lie and what runs it belong to the machine, not to the run: resolved again (flags, $CLKERNEL_DATA)
-    return {**{k: v for k, v in saved.items() if k not in ("device", "data_root")}, "output": str(folder)}
+    # where the data lie and what runs it belong to the machine, not to the run: resolved again (flags,
+    # $CLKERNEL_DATA), except that a saved data folder that exists on this machine stays the default
+    keep = not os.environ.get("CLKERNEL_DATA") and isinstance(saved.get("data_root"), str) and \
+        Path(saved["data_root"]).is_dir()
+    return {**{k: v for k, v in saved.items() if k != "device" and (k != "data_root" or keep)},
+            "output": str(folder)}
 
 
 def _check_unchanged(resume: str, saved: dict[str, Any], config: dict[str, Any], given: set[str]) -> None:

@@ -105,7 +105,7 @@ def plain(root: Path, classes: list[list[int]], workers: int, epochs: int, repla
 def with_clkernel(root: Path, workers: int, epochs: int, replay: bool) -> tuple[float, int]:
     """clkernel's loop on the image-folder benchmark; returns (seconds, images trained on)."""
     torch.manual_seed(0)
-    bm = clkernel.load("benchmark", "image-folder", root=str(root), n_experiences=2,
+    bm = clkernel.load("benchmark", "image-folder", dataset_root=str(root), n_experiences=2,
                        fixed_class_order=list(range(10)), mean=list(STATS[0]), std=list(STATS[1]))
     model = make_model()
     plugins = [clkernel.load("plugin", "replay", mem_size=MEM_SIZE, batch_size_mem=MB, seed=0)] if replay else []

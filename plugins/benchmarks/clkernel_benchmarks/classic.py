@@ -379,7 +379,7 @@ class ImageReader:
 
 def image_folder(
     *,
-    root: str | None = None,
+    dataset_root: str | None = None,
     n_experiences: int = 5,
     test_size: float | None = None,
     seed: int | None = 0,
@@ -394,29 +394,29 @@ def image_folder(
 ) -> ScenarioBenchmark:
     """Any folder of images, one sub-folder per class, split by class into ``n_experiences`` experiences.
 
-    Layout: ``root/train/<class>/*`` and ``root/test/<class>/*`` (the same class folders in both), or
-    ``root/<class>/*``, of which a ``test_size`` fraction of each class (default 0.2, drawn with ``seed``) is the
-    test set. Images are read by ``torchvision.datasets.ImageFolder`` (any format PIL reads, as RGB) one at a
+    Layout: ``dataset_root/train/<class>/*`` and ``dataset_root/test/<class>/*`` (the same class folders in
+    both), or ``dataset_root/<class>/*``, of which a ``test_size`` fraction of each class (default 0.2, drawn
+    with ``seed``) is the test set; ``clkernel run --data-root DIR`` gives ``dataset_root``. Images are read by ``torchvision.datasets.ImageFolder`` (any format PIL reads, as RGB) one at a
     time; class ids follow the sorted folder names, which ``bm.info["class_names"]`` lists. Each image becomes a
     float32 tensor ``(3, H, W)`` in ``[0, 1]``, resized to ``image_size x image_size`` when given (images of
     different sizes need it), normalised with ``mean`` / ``std`` (per channel) when given; then your
     ``train_transform`` / ``eval_transform``. Read in the training loop's DataLoader workers when it has some
     (``Strategy(loader_options=...)``, ``clkernel run --num-workers``).
 
-    :raises FileNotFoundError: when ``root`` is not a folder, or holds no class folder with images.
-    :raises ValueError: without ``root``; when ``train/`` and ``test/`` hold different classes; for a
+    :raises FileNotFoundError: when ``dataset_root`` is not a folder, or holds no class folder with images.
+    :raises ValueError: without ``dataset_root``; when ``train/`` and ``test/`` hold different classes; for a
         ``test_size`` given with ``train/`` / ``test/`` folders, or outside ``(0, 1)``; for ``mean`` and ``std``
         of different lengths.
     """
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
-    if root is None:
-        raise ValueError("image-folder: root is required: the folder holding one folder of images per class (or "
-                         "train/ and test/ folders of those)")
-    folder = Path(root).expanduser()
+    if dataset_root is None:
+        raise ValueError("image-folder: dataset_root is required (clkernel run --data-root DIR): the folder holding "
+                         "one folder of images per class (or train/ and test/ folders of those)")
+    folder = Path(dataset_root).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"image-folder: root {str(root)!r} is not a folder")
+        raise FileNotFoundError(f"image-folder: dataset_root {str(dataset_root)!r} is not a folder")
     if (mean is None) != (std is None) or (mean is not None and len(mean) != len(std)):  # type: ignore[arg-type]
         raise ValueError(f"image-folder: mean and std must be given together, one value per channel each; got "
                          f"mean={mean!r}, std={std!r}")

@@ -42,7 +42,7 @@ def _is_int(value: Any) -> bool:
 def check_options(name: str, options: dict[str, Any]) -> None:
     """Refuse the options of benchmark ``name`` that are wrong whatever the data, before any data is loaded or
     downloaded: counts, seed, class order, rotations, transforms, the dataset root, the CORe50 scenario, the
-    device, and image-folder's root, test_size, image_size, mean and std.
+    device, and image-folder's test_size, image_size, mean and std.
 
     :raises ValueError: (``TypeError`` for a transform that is not callable) naming the benchmark, the option
         and the value.
@@ -99,12 +99,6 @@ def check_options(name: str, options: dict[str, Any]) -> None:
             raise fail(option, "a list of numbers, one per channel")
     if options.get("std") is not None and not all(v > 0 for v in options["std"]):
         raise fail("std", "positive numbers")
-    folder_root = options.get("root")
-    if folder_root is not None:
-        if not isinstance(folder_root, (str, os.PathLike)):
-            raise fail("root", "a folder")
-        if not Path(folder_root).expanduser().is_dir():
-            raise FileNotFoundError(f"{name}: root {str(folder_root)!r} is not a folder")
     root = options.get("dataset_root")
     if root is not None and root != "":
         if not isinstance(root, (str, os.PathLike)):
@@ -254,15 +248,16 @@ def split_digits(*, n_experiences: int = 5, seed: int | None = 0, fixed_class_or
 
 
 @_deferred
-def image_folder(*, root: str | None = None, n_experiences: int = 5, test_size: float | None = None,
+def image_folder(*, dataset_root: str | None = None, n_experiences: int = 5, test_size: float | None = None,
                  seed: int | None = 0, fixed_class_order: list[int] | None = None, return_task_id: bool = False,
                  class_ids_from_zero_in_each_exp: bool = False, image_size: int | None = None,
                  mean: list[float] | None = None, std: list[float] | None = None,
                  train_transform: Transform | None = None, eval_transform: Transform | None = None) -> Any:
     """Any folder of images, one sub-folder per class, split by class into ``n_experiences`` experiences.
 
-    ``root`` holds ``train/`` and ``test/`` folders of class folders, or class folders (``test_size`` of each
-    class, default 0.2, is then the test set). See :func:`clkernel_benchmarks.classic.image_folder`.
+    ``dataset_root`` (``clkernel run --data-root``) holds ``train/`` and ``test/`` folders of class folders, or
+    class folders (``test_size`` of each class, default 0.2, is then the test set). See
+    :func:`clkernel_benchmarks.classic.image_folder`.
     """
 
 

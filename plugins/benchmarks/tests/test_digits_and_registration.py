@@ -57,7 +57,7 @@ def test_registration_registers_every_benchmark_with_split_digits_as_default():
         options = comp.options()
         assert "seed" in options and "train_transform" in options
         assert all(p.default is not inspect.Parameter.empty for p in options.values()), name
-        if name not in ("split-digits", "image-folder"):  # image-folder reads the user's own folder (root)
+        if name not in ("split-digits", "image-folder"):  # image-folder reads the user's own folder (dataset_root)
             assert "dataset_root" in options and "download" in options
     bm = reg.load("benchmark", "split-digits", n_experiences=2, seed=3)
     assert len(bm.train_stream) == 2 and bm.n_classes_per_exp == [5, 5]

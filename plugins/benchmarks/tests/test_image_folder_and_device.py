@@ -55,8 +55,8 @@ def red_values(x: torch.Tensor) -> list[int]:
 def test_train_and_test_folders_split_by_class_in_the_order_given(reg, tmp_path):
     train = write_folder(tmp_path / "train", {"cat": 3, "dog": 2, "eel": 4})
     test = write_folder(tmp_path / "test", {"cat": 1, "dog": 1, "eel": 2}, first_value=100)
-    bm = reg.load("benchmark", "image-folder", root=str(tmp_path), n_experiences=3, fixed_class_order=[2, 0, 1],
-                  mean=MEAN, std=STD)
+    bm = reg.load("benchmark", "image-folder", dataset_root=str(tmp_path), n_experiences=3,
+                  fixed_class_order=[2, 0, 1], mean=MEAN, std=STD)
     assert bm.info["class_names"] == ["cat", "dog", "eel"]
     assert [e.classes for e in bm.train_stream] == [[2], [0], [1]]
     assert [len(e.dataset) for e in bm.train_stream] == [4, 3, 2]
@@ -70,14 +70,14 @@ def test_train_and_test_folders_split_by_class_in_the_order_given(reg, tmp_path)
 
 def test_class_folders_alone_are_split_by_test_size_in_each_class(reg, tmp_path):
     write_folder(tmp_path, {"a": 5, "b": 5, "c": 10})
-    bm = reg.load("benchmark", "image-folder", root=str(tmp_path), n_experiences=1, test_size=0.4, mean=MEAN,
+    bm = reg.load("benchmark", "image-folder", dataset_root=str(tmp_path), n_experiences=1, test_size=0.4, mean=MEAN,
                   std=STD, seed=3)
     train, test = bm.train_stream[0].dataset.eval(), bm.test_stream[0].dataset.eval()
     assert torch.bincount(train.targets).tolist() == [3, 3, 6] and torch.bincount(test.targets).tolist() == [2, 2, 4]
     seen_train = red_values(next(iterate_minibatches(train, 20, shuffle=False))[0])
     seen_test = red_values(next(iterate_minibatches(test, 20, shuffle=False))[0])
     assert sorted(seen_train + seen_test) == list(range(20))  # disjoint, and every image in one of them
-    again = reg.load("benchmark", "image-folder", root=str(tmp_path), n_experiences=1, test_size=0.4, mean=MEAN,
+    again = reg.load("benchmark", "image-folder", dataset_root=str(tmp_path), n_experiences=1, test_size=0.4, mean=MEAN,
                      std=STD, seed=3)
     assert red_values(next(iterate_minibatches(again.test_stream[0].dataset.eval(), 20, shuffle=False))[0]) == \
         seen_test  # the split is drawn from the seed
@@ -86,7 +86,7 @@ def test_class_folders_alone_are_split_by_test_size_in_each_class(reg, tmp_path)
 def test_image_size_resizes_and_training_reads_files_in_workers(reg, tmp_path):
     write_folder(tmp_path / "train", {"a": 4, "b": 4})
     write_folder(tmp_path / "test", {"a": 1, "b": 1})
-    bm = reg.load("benchmark", "image-folder", root=str(tmp_path), n_experiences=2, image_size=6)
+    bm = reg.load("benchmark", "image-folder", dataset_root=str(tmp_path), n_experiences=2, image_size=6)
     assert bm.input_shape == (3, 6, 6)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(108, 2))
     strategy = clkernel.Naive(model, torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=3, train_epochs=2,
@@ -98,12 +98,13 @@ def test_image_size_resizes_and_training_reads_files_in_workers(reg, tmp_path):
 
 
 @pytest.mark.parametrize(("options", "error", "message"), [
-    ({}, ValueError, "image-folder: root is required"),
-    ({"root": "{tmp}/missing"}, FileNotFoundError, "image-folder: root '.*missing' is not a folder"),
-    ({"root": "{tmp}", "test_size": 1.5}, ValueError, r"image-folder: test_size must be a fraction in \(0, 1\)"),
-    ({"root": "{tmp}", "mean": [0.5]}, ValueError, "image-folder: mean and std must be given together"),
-    ({"root": "{tmp}", "std": [0.0]}, ValueError, "image-folder: std must be positive numbers"),
-    ({"root": "{tmp}", "image_size": 0}, ValueError, "image-folder: image_size must be a positive integer"),
+    ({}, ValueError, "image-folder: dataset_root is required"),
+    ({"dataset_root": "{tmp}/missing"}, FileNotFoundError, "image-folder: dataset_root '.*missing' is not a folder"),
+    ({"dataset_root": "{tmp}", "test_size": 1.5}, ValueError,
+     r"image-folder: test_size must be a fraction in \(0, 1\)"),
+    ({"dataset_root": "{tmp}", "mean": [0.5]}, ValueError, "image-folder: mean and std must be given together"),
+    ({"dataset_root": "{tmp}", "std": [0.0]}, ValueError, "image-folder: std must be positive numbers"),
+    ({"dataset_root": "{tmp}", "image_size": 0}, ValueError, "image-folder: image_size must be a positive integer"),
 ])
 def test_bad_image_folder_options_are_named(reg, tmp_path, options, error, message):
     write_folder(tmp_path, {"a": 2})
@@ -116,9 +117,9 @@ def test_train_and_test_folders_must_hold_the_same_classes(reg, tmp_path):
     write_folder(tmp_path / "train", {"a": 2, "b": 2})
     write_folder(tmp_path / "test", {"a": 1, "c": 1})
     with pytest.raises(ValueError, match="same class folders; these are in one only: b, c"):
-        reg.load("benchmark", "image-folder", root=str(tmp_path))
+        reg.load("benchmark", "image-folder", dataset_root=str(tmp_path))
     with pytest.raises(ValueError, match="test_size=0.5 but .* has train/ and test/ folders"):
-        reg.load("benchmark", "image-folder", root=str(tmp_path), test_size=0.5)
+        reg.load("benchmark", "image-folder", dataset_root=str(tmp_path), test_size=0.5)
 
 
 # --------------------------------------------------------------------------- device and batched transforms
@@ -159,3 +160,22 @@ def test_random_crop_flip_runs_on_cuda_with_a_cuda_generator():
     first = RandomCropFlip(4, generator=torch.Generator("cuda").manual_seed(1))(x)
     again = RandomCropFlip(4, generator=torch.Generator("cuda").manual_seed(1))(x)
     assert first.is_cuda and torch.equal(first, again)
+
+
+def test_a_resumed_run_reads_its_images_from_the_data_root_of_this_machine(tmp_path, monkeypatch, capsys):
+    """``--data-root`` gives image-folder its folder; a resumed run keeps it while it exists, and takes another
+    ``--data-root`` when the images moved (the folder belongs to the machine, not to the run)."""
+    from clkernel.testing import cli_in_process
+
+    write_folder(tmp_path / "images", {"cat": 4, "dog": 4, "eel": 4, "fox": 4})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CLKERNEL_DATA", raising=False)
+    run = ("run", "--benchmark", "image-folder:n_experiences=2,test_size=0.5", "--model", "simple-mlp",
+           "--epochs", "1", "--mb-size", "4", "--logger", "jsonl")
+    with cli_in_process() as main:
+        assert main(*run, "--data-root", "images", "--output", "run") == 0, capsys.readouterr().err
+        assert main("run", "--resume", "run") == 0, capsys.readouterr().err  # the saved folder, still there
+        (tmp_path / "images").rename(tmp_path / "moved")
+        assert main("run", "--resume", "run") == 2
+        assert "image-folder: dataset_root is required (clkernel run --data-root DIR)" in capsys.readouterr().err
+        assert main("run", "--resume", "run", "--data-root", "moved") == 0, capsys.readouterr().err

@@ -39,7 +39,7 @@ def read_all(bm, num_workers: int = 0) -> None:
 def test_an_image_that_cannot_be_used_is_named_when_read(tmp_path, damage, message):
     path = write(tmp_path)[4]
     damage(path)
-    bm = clkernel.load("benchmark", "image-folder", root=str(tmp_path), n_experiences=1, test_size=0.34)
+    bm = clkernel.load("benchmark", "image-folder", dataset_root=str(tmp_path), n_experiences=1, test_size=0.34)
     with pytest.raises((OSError, ValueError), match=f"image-folder: {message.format(path=path)}"):
         read_all(bm)
 
@@ -47,7 +47,7 @@ def test_an_image_that_cannot_be_used_is_named_when_read(tmp_path, damage, messa
 def test_read_in_a_worker_the_error_is_described_on_one_line_naming_the_file(tmp_path):
     path = write(tmp_path)[4]
     path.write_bytes(b"not a png at all")
-    bm = clkernel.load("benchmark", "image-folder", root=str(tmp_path), n_experiences=1, test_size=0.34)
+    bm = clkernel.load("benchmark", "image-folder", dataset_root=str(tmp_path), n_experiences=1, test_size=0.34)
     with pytest.raises(OSError) as caught:
         read_all(bm, num_workers=2)
     assert "Original Traceback" in str(caught.value)  # torch puts the worker's traceback in the message
@@ -58,7 +58,7 @@ def test_read_in_a_worker_the_error_is_described_on_one_line_naming_the_file(tmp
 def test_image_size_lets_images_of_any_size_through(tmp_path):
     write(tmp_path)
     Image.fromarray(np.zeros((6, 5, 3), dtype=np.uint8)).save(tmp_path / "c1" / "9.png")
-    bm = clkernel.load("benchmark", "image-folder", root=str(tmp_path), n_experiences=1, test_size=0.34,
+    bm = clkernel.load("benchmark", "image-folder", dataset_root=str(tmp_path), n_experiences=1, test_size=0.34,
                        image_size=3)
     data = clkernel.CLDataset.concat(*(e.dataset for e in bm.train_stream))
     assert data.get_batch(torch.arange(len(data)))[0].shape == (len(data), 3, 3, 3)
@@ -69,4 +69,4 @@ def test_a_train_or_test_folder_alone_is_refused(tmp_path, only):
     write(tmp_path / only)
     other = "test" if only == "train" else "train"
     with pytest.raises(FileNotFoundError, match=f"has a {only}/ folder but no {other}/ folder"):
-        clkernel.load("benchmark", "image-folder", root=str(tmp_path))
+        clkernel.load("benchmark", "image-folder", dataset_root=str(tmp_path))
