@@ -363,10 +363,9 @@ def _saved_config(resume: str) -> dict[str, Any]:
         raise UsageError(f"{where}: the run is completed (results.json); nothing to resume")
     # where the data lie and what runs it belong to the machine, not to the run: resolved again (flags,
     # $CLKERNEL_DATA), except that a saved data folder that exists on this machine stays the default
-    keep = not os.environ.get("CLKERNEL_DATA") and isinstance(saved.get("data_root"), str) and \
-        Path(saved["data_root"]).is_dir()
-    return {**{k: v for k, v in saved.items() if k != "device" and (k != "data_root" or keep)},
-            "output": str(folder)}
+    root = saved.get("data_root")
+    keep = isinstance(root, str) and Path(root).is_dir() and not os.environ.get("CLKERNEL_DATA")
+    return {**{k: v for k, v in saved.items() if k != "device" and (k != "data_root" or keep)}, "output": str(folder)}
 
 
 def _check_unchanged(resume: str, saved: dict[str, Any], config: dict[str, Any], given: set[str]) -> None:

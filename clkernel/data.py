@@ -498,9 +498,10 @@ def set_batch_reader_options(loader_options: Mapping[str, Any] | None) -> dict[s
 
     ``loader_options`` are keyword arguments of ``torch.utils.data.DataLoader`` (``num_workers``,
     ``pin_memory``, ...; None: read in this process, the default). With workers, each view keeps one
-    :class:`MinibatchLoader` whose workers persist, and each ``get_batch`` splits its samples over them. The
-    training loop sets this from its own ``loader_options``, so a replay buffer over files is read by as many
-    workers as the training data. Views built after the call, and views whose reader was built with other
+    :class:`MinibatchLoader` whose workers persist, and each ``get_batch`` splits its samples over them. A
+    strategy sets its own ``loader_options`` here for the time of each ``train()`` / ``eval()`` call, so a replay
+    buffer over files is read by as many workers as the training data, and puts the previous options back
+    after it. Views built after the call, and views whose reader was built with other
     options, use the new ones at their next read.
 
     :returns: the previous options (to restore them).

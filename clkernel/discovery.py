@@ -144,12 +144,10 @@ class Registry:
         staged: list[Component] = []
         try:
             pm.register(module, name=source.entry_point)
-            for caller in pm.get_hookcallers(module) or []:
-                if caller.name not in KINDS.values():
-                    close = difflib.get_close_matches(caller.name, KINDS.values(), n=1)
-                    raise RegistryError(f"{caller.name!r} is not a registration hook ("
-                                        + (f"did you mean {close[0]!r}? " if close else "")
-                                        + f"the hooks: {', '.join(KINDS.values())})")
+            for unknown in [c.name for c in pm.get_hookcallers(module) or [] if c.name not in KINDS.values()][:1]:
+                close = "".join(f"did you mean {c!r}? " for c in difflib.get_close_matches(unknown, KINDS.values(), 1))
+                raise RegistryError(f"{unknown!r} is not a registration hook ({close}the hooks: "
+                                    f"{', '.join(KINDS.values())})")
             pm.check_pending()
             for kind, hook in KINDS.items():
                 for impl in getattr(pm.hook, hook).get_hookimpls():

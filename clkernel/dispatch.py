@@ -112,9 +112,7 @@ def compose(plugins: Iterable[Any], *, distributed: bool = False) -> pluggy.Plug
 
 def _wrong_arguments(pm: pluggy.PluginManager, name: str, plugin: Any) -> str | None:
     """The message for an event implementation of ``plugin`` taking arguments its event does not pass, or None."""
-    for attr in dir(plugin):
-        if attr not in SPEC or pm.parse_hookimpl_opts(plugin, attr) is None:
-            continue
+    for attr in (a for a in dir(plugin) if a in SPEC and pm.parse_hookimpl_opts(plugin, a) is not None):
         passed = getattr(pm.hook, attr).spec.argnames
         taken = [p for p in inspect.signature(getattr(plugin, attr)).parameters if p not in passed]
         if taken:

@@ -6,11 +6,12 @@ events go through callables built once per ``train()`` / ``eval()`` call; an eve
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from clkernel.log import describe_exception, get_logger
 import torch
@@ -157,7 +158,6 @@ class Strategy:
         self._loader: EpochLoader | None = None
         self._skip = 0  # minibatches of the next epoch already trained (resuming inside it)
         self._train_model: torch.nn.Module = model  # what training calls: the model, or its DDP wrapper
-        self._reader_options: dict[str, Any] | None = None  # get_batch's reader options before this run's
 
     # ------------------------------------------------------------------ dispatch
 
@@ -170,8 +170,6 @@ class Strategy:
         self._log_metrics = self.dispatcher.functions("log_metrics")
         if not self._started:
             self._started = True
-            if self.loader_options:  # replay buffers over files are read with the training data's workers
-                self._reader_options = set_batch_reader_options(self.loader_options)
             self._fire("before_run")
 
     def _fire(self, event: str) -> None:
@@ -201,8 +199,6 @@ class Strategy:
             self.state.outcome = "completed"
         if not self._started:
             return []
-        if self._reader_options is not None:
-            set_batch_reader_options(self._reader_options)
         if self._loader is not None:  # a run that stopped inside an experience: its loader's workers stop
             self._loader.close()
         try:
@@ -236,6 +232,21 @@ class Strategy:
         :raises NonFiniteLossError: when the training loss is nan or inf and ``on_nonfinite="raise"``.
         :raises RuntimeError: when the strategy was closed.
         """
+        with self._batch_reader():
+            return self._train(experiences, eval_streams)
+
+    @contextlib.contextmanager
+    def _batch_reader(self) -> Iterator[None]:
+        """While this strategy trains or evaluates, data read by ``get_batch`` (a replay buffer over files) is read
+        with its ``loader_options`` workers, as its training data; the previous options come back afterwards."""
+        previous = set_batch_reader_options(self.loader_options) if self.loader_options else None
+        try:
+            yield
+        finally:
+            if previous is not None:
+                set_batch_reader_options(previous)
+
+    def _train(self, experiences: Any, eval_streams: Iterable[Any] | None) -> dict[str, Any]:
         resume, self._resume = self._resume, None
         exps = as_experiences(experiences, "train") if experiences or resume is None else []
         s = self.state
@@ -547,6 +558,10 @@ class Strategy:
         :returns: the last value of every metric logged during the call.
         :raises PluginError: when a plugin fails, naming it and the event.
         """
+        with self._batch_reader():
+            return self._eval(experiences)
+
+    def _eval(self, experiences: Any) -> dict[str, Any]:
         exps = as_experiences(experiences, "eval")
         s = self.state
         nested = s.is_training

@@ -291,3 +291,26 @@ def test_no_worker_outlives_the_experience_it_read(files):
         assert multiprocessing.active_children() == []  # stopped with the experience
         strategy.eval([Experience(0, files)])
         assert multiprocessing.active_children() == []
+
+
+def test_a_strategy_sets_its_batch_reader_options_only_while_it_trains_or_evaluates(make_benchmark, reader_options):
+    """A strategy that is never closed (a notebook) leaves no options behind for other strategies' buffers."""
+    import clkernel
+
+    seen = []
+
+    class Look:
+        @clkernel.hookimpl
+        def after_training_exp(self, state):
+            current = set_batch_reader_options(None)  # returns the options in force, which are put back
+            set_batch_reader_options(current)
+            seen.append(current)
+
+    bench = make_benchmark(n_exp=2)
+    model = torch.nn.Linear(4, 4)
+    strategy = clkernel.Strategy(model, torch.optim.SGD(model.parameters(), lr=0.1), plugins=[Look()],
+                                 loader_options={"pin_memory": False}, device="cpu")
+    strategy.train(bench.train_stream)
+    strategy.eval(bench.test_stream)
+    assert seen == [{"pin_memory": False}] * 2
+    assert set_batch_reader_options(None) == {}  # after train() and eval(), without close()
