@@ -56,16 +56,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     all started together."""
     cwd = tmp_path_factory.mktemp("cli")
     procs = {name: clkernel(cwd, *RUN, "--output", name) for name in ("whole", "term", "int")}
-    sent = {}
+    sent: dict[str, str] = {}
+    signals = {"term": signal.SIGTERM, "int": signal.SIGINT}
     try:
-        for name, signum in (("term", signal.SIGTERM), ("int", signal.SIGINT)):
-            deadline = time.monotonic() + 240
-            while len(checkpoint_files(cwd / name / "checkpoints")) < 2:
-                assert procs[name].poll() is None, procs[name].communicate()
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-            sent[name] = checkpoint_files(cwd / name / "checkpoints")[-1].name  # the newest before the signal
-            procs[name].send_signal(signum)
+        deadline = time.monotonic() + 240
+        while len(sent) < len(signals):  # each run is signalled as soon as its own second checkpoint exists, so
+            for name in set(signals) - set(sent):  # that the signal comes inside its first experience
+                if len(checkpoint_files(cwd / name / "checkpoints")) >= 2:
+                    sent[name] = checkpoint_files(cwd / name / "checkpoints")[-1].name  # the newest before it
+                    procs[name].send_signal(signals[name])
+                assert procs[name].poll() is None or name in sent, procs[name].communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         codes = {name: finish(proc) for name, proc in procs.items()}
     finally:
         for proc in procs.values():
