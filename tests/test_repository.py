@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tokenize
 import tomllib
+import types
 from pathlib import Path
 
 import pytest
@@ -103,10 +104,16 @@ def test_kernel_stays_small_and_free_of_torchvision():
     assert clkernel.__version__ == meta["project"]["version"]
 
 
-def test_main_job_runs_on_the_embedded_default_benchmark(tmp_path):
-    """`clkernel run` with no component named: split-digits, simple-mlp, default metrics, interactive + report."""
-    result = subprocess.run([sys.executable, "-m", "clkernel.cli", "--log-format", "json", "run", "--output",
-                             str(tmp_path / "run")], capture_output=True, text=True, timeout=600)
+def test_main_job_runs_on_the_embedded_default_benchmark(tmp_path, monkeypatch, capsys):
+    """`clkernel run` with no component named: split-digits, simple-mlp, default metrics, interactive + report (in
+    this process: CI runs the README's command itself as a real one)."""
+    from clkernel.testing import cli_in_process
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CLKERNEL_DATA", raising=False)
+    with cli_in_process() as main:
+        code = main("--log-format", "json", "run", "--output", tmp_path / "run")
+    result = types.SimpleNamespace(returncode=code, **dict(zip(("stdout", "stderr"), capsys.readouterr())))
     assert result.returncode == 0, result.stderr[-3000:]
     events = (tmp_path / "run" / "events.jsonl").read_text().splitlines()  # the console shows warnings only
     start = next(json.loads(line) for line in events if '"run_start"' in line)
