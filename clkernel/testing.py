@@ -27,9 +27,8 @@ everything seeded: about a second) and checks, in this order:
     split, then the one inside the next experience (``resume_inside`` picks one of the two). The model's
     parameters and buffers, and the plugin's ``state_dict()``, must equal (``torch.equal``) those of the
     uninterrupted run: on one CPU, with the same seed and the same order of operations, a faithful checkpoint
-    resumes bit for bit. So the plugin must rebuild what
-    it derives in ``before_training_exp`` from its state when a run resumes inside an experience (that event does
-    not fire again; see docs/checkpoint.md).
+    resumes bit for bit. So the plugin must rebuild what it derives in ``before_training_exp`` from its state
+    when a run resumes inside an experience (that event does not fire again; see docs/checkpoint.md).
 
 Each failure raises :class:`AssertionError` whose message names the plugin and the check. The kit needs the
 ``replay`` plugin, the ``default`` metric and the ``split-digits`` benchmark installed (clkernel-replay,
@@ -83,10 +82,10 @@ class CheckResult:
 def cli_in_process() -> Iterator[Callable[..., int]]:
     """The ``clkernel`` command's ``main`` to call in this process, for tests of what a command computes or
     refuses without an interpreter start and torch's import: ``main("run", "--benchmark", "split-digits")``
-    returns the exit code (also argparse's, which a real process exits with). On leaving, what ``main`` changes in the process is put back: the ``clkernel``
-    logger's handlers (those it added closed), level and propagation, structlog's configuration, and the random
-    generators it seeds (Python's, numpy's and torch's). Signals, exit codes of a real process and what the
-    interpreter does at start need a real process."""
+    returns the exit code (also argparse's, which a real process exits with). On leaving, what ``main`` changes
+    in the process is put back: the ``clkernel`` logger's handlers (those it added closed), level and
+    propagation, structlog's configuration, and the random generators it seeds (Python's, numpy's and torch's).
+    Signals, exit codes of a real process and what the interpreter does at start need a real process."""
     import logging
     import random
 
@@ -98,6 +97,7 @@ def cli_in_process() -> Iterator[Callable[..., int]]:
     logger = logging.getLogger("clkernel")
     handlers, level, propagate, config = list(logger.handlers), logger.level, logger.propagate, structlog.get_config()
     generators = random.getstate(), numpy.random.get_state(), torch.random.get_rng_state()
+
     def call(*argv: Any) -> int:
         try:
             return main([str(a) for a in argv])

@@ -396,11 +396,12 @@ def image_folder(
 
     Layout: ``dataset_root/train/<class>/*`` and ``dataset_root/test/<class>/*`` (the same class folders in
     both), or ``dataset_root/<class>/*``, of which a ``test_size`` fraction of each class (default 0.2, drawn
-    with ``seed``) is the test set; ``clkernel run --data-root DIR`` gives ``dataset_root``. Images are read by ``torchvision.datasets.ImageFolder`` (any format PIL reads, as RGB) one at a
-    time; class ids follow the sorted folder names, which ``bm.info["class_names"]`` lists. Each image becomes a
-    float32 tensor ``(3, H, W)`` in ``[0, 1]``, resized to ``image_size x image_size`` when given (images of
-    different sizes need it), normalised with ``mean`` / ``std`` (per channel) when given; then your
-    ``train_transform`` / ``eval_transform``. Read in the training loop's DataLoader workers when it has some
+    with ``seed``) is the test set; ``clkernel run --data-root DIR`` gives ``dataset_root``. Images are read
+    by ``torchvision.datasets.ImageFolder`` (any format PIL reads, as RGB) one at a time; class ids follow the
+    sorted folder names, which ``bm.info["class_names"]`` lists. Each image becomes a float32 tensor
+    ``(3, H, W)`` in ``[0, 1]``, resized to ``image_size x image_size`` when given (images of different sizes
+    need it), normalised with ``mean`` / ``std`` (per channel) when given; then your ``train_transform`` /
+    ``eval_transform``. Read in the training loop's DataLoader workers when it has some
     (``Strategy(loader_options=...)``, ``clkernel run --num-workers``).
 
     :raises FileNotFoundError: when ``dataset_root`` is not a folder, or holds no class folder with images.
