@@ -144,7 +144,8 @@ class Registry:
         staged: list[Component] = []
         try:
             pm.register(module, name=source.entry_point)
-            for unknown in [c.name for c in pm.get_hookcallers(module) or [] if c.name not in KINDS.values()][:1]:
+            unknown = next((c.name for c in pm.get_hookcallers(module) or [] if c.name not in KINDS.values()), None)
+            if unknown is not None:  # a misspelt registration hook, named with the one meant
                 close = "".join(f"did you mean {c!r}? " for c in difflib.get_close_matches(unknown, KINDS.values(), 1))
                 raise RegistryError(f"{unknown!r} is not a registration hook ({close}the hooks: "
                                     f"{', '.join(KINDS.values())})")
